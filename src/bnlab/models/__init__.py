@@ -1,0 +1,1 @@
+"""Network builders for the experiments; the normalization layer is a parameter."""

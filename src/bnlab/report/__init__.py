@@ -1,0 +1,1 @@
+"""Reads run directories from disk; plots (matplotlib) and the HTML / Markdown report."""

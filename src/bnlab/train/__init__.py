@@ -1,0 +1,1 @@
+"""Training loop, evaluation, metrics log, checkpoints and activation probes."""
