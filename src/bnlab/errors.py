@@ -11,3 +11,16 @@ from __future__ import annotations
 
 class BnlabError(Exception):
     """An error with a message written for the user: what was wrong and what to do."""
+
+
+class UnknownNameError(BnlabError, ValueError):
+    """A name (experiment, variant, norm layer, data set, ...) that bnlab does not know.
+
+    The message lists the valid names, e.g. ``unknown norm 'bm'; expected one of: bn, none``.
+    """
+
+    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]) -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = tuple(valid)
+        super().__init__(f"unknown {kind} {name!r}; expected one of: {', '.join(self.valid)}")
