@@ -1,0 +1,64 @@
+"""The environment of a run (versions, threads, machine, git revision) for ``env.json``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import bnlab
+
+
+def git_revision(directory: str | Path | None = None) -> dict[str, Any]:
+    """Return ``{"revision": sha or None, "dirty": bool or None}`` of the bnlab source tree.
+
+    ``None`` values mean git or the repository is not available (an installed wheel);
+    that is recorded, not an error.
+    """
+    where = Path(directory) if directory is not None else Path(bnlab.__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    return {"revision": sha or None, "dirty": bool(status.strip())}
+
+
+def capture_environment() -> dict[str, Any]:
+    """Return a JSON-ready description of the software and machine running now."""
+    return {
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bnlab": bnlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "argv": list(sys.argv),
+        "git": git_revision(),
+    }

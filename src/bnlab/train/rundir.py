@@ -1,0 +1,124 @@
+"""The run directory: the contract between training and reporting.
+
+``runs/<experiment>/<variant>/seed-<k>/`` holds ``config.json`` (the resolved config),
+``env.json`` (versions, threads, git revision), ``metrics.jsonl``, ``checkpoints/<phase>.pt``,
+``artefacts/`` and, written last, ``result.json``: its presence marks a finished run.
+A run that raised leaves ``failed.json`` (the error) and can be resumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnlab.train.io import read_json, write_bytes_atomic, write_json_atomic
+from bnlab.train.metrics import MetricsLog, Record, read_metrics
+
+
+class RunDir:
+    """Paths and atomic writers for one run directory.
+
+    Args:
+        path: the directory (created on the first write).
+
+    >>> import tempfile
+    >>> run = RunDir(tempfile.mkdtemp())
+    >>> run.is_complete
+    False
+    >>> run.write_result({"test_accuracy": 0.9})
+    >>> run.is_complete, run.read_result()["metrics"]["test_accuracy"]
+    (True, 0.9)
+    """
+
+    CONFIG = "config.json"
+    ENV = "env.json"
+    METRICS = "metrics.jsonl"
+    RESULT = "result.json"
+    FAILED = "failed.json"
+    CHECKPOINTS = "checkpoints"
+    ARTEFACTS = "artefacts"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._metrics: MetricsLog | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- paths ----------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def env_path(self) -> Path:
+        return self.path / self.ENV
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / self.RESULT
+
+    @property
+    def failed_path(self) -> Path:
+        return self.path / self.FAILED
+
+    def checkpoint_path(self, phase: str) -> Path:
+        """``checkpoints/<phase>.pt`` (one checkpoint per training phase, overwritten in place)."""
+        if not phase or "/" in phase or phase.startswith("."):
+            raise ValueError(f"a phase name must be a plain file name; got {phase!r}")
+        return self.path / self.CHECKPOINTS / f"{phase}.pt"
+
+    @property
+    def artefacts(self) -> Path:
+        """The artefacts directory (created on access)."""
+        directory = self.path / self.ARTEFACTS
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def is_complete(self) -> bool:
+        """Whether the run finished (``result.json`` exists)."""
+        return self.result_path.is_file()
+
+    @property
+    def metrics(self) -> MetricsLog:
+        """The metrics log writer of this run (one instance per :class:`RunDir`)."""
+        if self._metrics is None:
+            self._metrics = MetricsLog(self.metrics_path)
+        return self._metrics
+
+    # -- writers --------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> None:
+        """Write ``obj`` as JSON to ``<run>/<name>`` atomically."""
+        write_json_atomic(self.path / name, obj)
+
+    def write_artefact(self, name: str, data: bytes) -> Path:
+        """Write ``data`` to ``artefacts/<name>`` atomically; return the path."""
+        target = self.artefacts / name
+        write_bytes_atomic(target, data)
+        return target
+
+    def write_result(self, metrics: dict[str, Any], **info: Any) -> None:
+        """Write ``result.json`` (final metrics plus ``info``): the completion marker, so last."""
+        write_json_atomic(self.result_path, {"status": "complete", "metrics": metrics, **info})
+
+    # -- readers --------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        return dict(read_json(self.config_path))
+
+    def read_env(self) -> dict[str, Any]:
+        return dict(read_json(self.env_path)) if self.env_path.is_file() else {}
+
+    def read_result(self) -> dict[str, Any]:
+        return dict(read_json(self.result_path))
+
+    def read_failure(self) -> dict[str, Any] | None:
+        return dict(read_json(self.failed_path)) if self.failed_path.is_file() else None
+
+    def read_metrics(self) -> list[Record]:
+        return read_metrics(self.metrics_path)
