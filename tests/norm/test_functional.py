@@ -80,9 +80,7 @@ def test_batch_stats_matches_float64_definition(
         (torch.float64, torch.float64),
     ],
 )
-def test_stats_are_one_step_wider_than_the_input(
-    dtype: torch.dtype, expected: torch.dtype
-) -> None:
+def test_stats_are_one_step_wider_than_the_input(dtype: torch.dtype, expected: torch.dtype) -> None:
     x = torch.randn(6, 2).to(dtype)
     mean, var = batch_stats(x)
     assert stats_dtype(dtype) == expected
@@ -243,9 +241,7 @@ FUNCTIONAL_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", FUNCTIONAL_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_batch_norm_matches_torch_functional(
-    backend: str, case: tuple, dtype: torch.dtype
-) -> None:
+def test_batch_norm_matches_torch_functional(backend: str, case: tuple, dtype: torch.dtype) -> None:
     shape, fmt, training, with_running, affine, momentum, eps = case
     c = shape[1]
     x = torch.randn(shape, dtype=dtype) * 2 + 0.5
@@ -293,9 +289,7 @@ def test_gradcheck_and_gradgradcheck_float64(backend: str, training: bool, affin
     def fn(x: Tensor, *wb: Tensor) -> Tensor:
         w, b = wb if affine else (None, None)
         # Fresh running stats each call: gradcheck calls fn many times.
-        return batch_norm(
-            x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend
-        )
+        return batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, backend=backend)
 
     inputs = (x, *params) if affine else (x,)
     assert torch.autograd.gradcheck(fn, inputs)
@@ -366,9 +360,9 @@ def test_bad_arguments_raise_with_expected_and_received() -> None:
         batch_norm(x, torch.zeros(4), torch.ones(4), training=True)
     with pytest.raises(ValueError, match=r"weight must have shape \(3,\).*got shape \(2,\)"):
         batch_norm(x, None, None, torch.ones(2), training=True)
-    with pytest.raises(TypeError, match="running_var has dtype torch.float32 but input"):
+    with pytest.raises(TypeError, match=r"running_var has dtype torch\.float32 but input"):
         batch_norm(x.double(), torch.zeros(3).double(), torch.ones(3), training=True)
-    with pytest.raises(ValueError, match="eval mode.*running_mean and running_var are None"):
+    with pytest.raises(ValueError, match=r"eval mode.*running_mean and running_var are None"):
         batch_norm(x, None, None, training=False)
     with pytest.raises(ValueError, match="given together"):
         batch_norm(x, torch.zeros(3), None, training=True)
