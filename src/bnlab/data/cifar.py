@@ -284,14 +284,15 @@ def read_cifar10(location: CifarLocation, *, validation_size: int = 0) -> Datase
 def download_cifar10(
     cache_root: str | Path | None = None,
     *,
-    url: str = CIFAR10_URL,
-    md5: str = CIFAR10_MD5,
+    url: str | None = None,
+    md5: str | None = None,
     progress: bool = True,
     fetch: Callable[[str], bytes] | None = None,
 ) -> Path:
     """Download the python archive into ``<cache>/cifar10/``, verified by MD5 (one refetch).
 
     Args:
+        url, md5: default :data:`CIFAR10_URL` and :data:`CIFAR10_MD5`.
         fetch: ``url -> bytes`` (tests inject one); default an HTTP GET with a progress bar.
 
     Returns:
@@ -306,6 +307,8 @@ def download_cifar10(
 
     target_dir = ensure_writable_dir(cache_dir("cifar10", cache_root))
     get = fetch or (lambda u: http_get(u, timeout=30.0, progress=progress, limit=400 << 20))
+    url = url or CIFAR10_URL
+    md5 = md5 or CIFAR10_MD5
     digest = ""
     for _attempt in (1, 2):
         data = get(url)

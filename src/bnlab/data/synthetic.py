@@ -41,7 +41,12 @@ def _templates(num_classes: int, channels: int, size: int) -> np.ndarray:
 
 
 def _examples(
-    labels: np.ndarray, rng: np.random.Generator, channels: int, size: int, num_classes: int
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    channels: int,
+    size: int,
+    num_classes: int,
+    noise: float,
 ) -> np.ndarray:
     """uint8 ``(N, channels, size, size)`` noisy, shifted templates for ``labels``."""
     templates = _templates(num_classes, channels, size)
@@ -51,7 +56,7 @@ def _examples(
     shifts = rng.integers(-1, 2, size=(n, 2))
     for i, (dy, dx) in enumerate(shifts):
         x[i] = np.roll(x[i], (int(dy), int(dx)), axis=(1, 2))
-    x += rng.normal(0.0, 30.0, size=x.shape).astype(np.float32)
+    x += rng.normal(0.0, noise, size=x.shape).astype(np.float32)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -68,6 +73,7 @@ def write_fake_mnist(
     *,
     image_size: int = 28,
     num_classes: int = 10,
+    noise: float = 30.0,
 ) -> Path:
     """Write four valid MNIST-format IDX files (standard names) into ``directory``.
 
@@ -81,6 +87,8 @@ def write_fake_mnist(
         gzip: write ``*.gz`` files instead of raw ones.
         image_size: height = width of the images.
         num_classes: labels are ``0 .. num_classes-1``, balanced.
+        noise: standard deviation of the Gaussian pixel noise, in grey levels (0..255);
+            raise it (e.g. 120) to make the task harder than the default's near-100% accuracy.
 
     Returns:
         ``directory`` as a :class:`~pathlib.Path`.
@@ -104,7 +112,7 @@ def write_fake_mnist(
         (TEST_IMAGES, TEST_LABELS, n_test),
     ):
         labels = _balanced_labels(n, num_classes, rng)
-        images = _examples(labels, rng, 1, image_size, num_classes)[:, 0]
+        images = _examples(labels, rng, 1, image_size, num_classes, noise)[:, 0]
         write_idx(out / f"{images_name}{suffix}", images)
         write_idx(out / f"{labels_name}{suffix}", labels)
     return out
@@ -118,6 +126,7 @@ def write_fake_cifar10(
     n_test: int | None = None,
     seed: int = 0,
     archive: bool = False,
+    noise: float = 30.0,
 ) -> Path:
     """Write a small CIFAR-10 in one of its real formats.
 
@@ -132,6 +141,8 @@ def write_fake_cifar10(
         n_per_batch: images in each of the five training batches.
         n_test: images in the test batch (default ``n_per_batch``).
         seed: fixes labels and noise.
+        archive: write the ``.tar.gz`` instead of the directory.
+        noise: standard deviation of the Gaussian pixel noise, in levels (0..255).
 
     Returns:
         The batch directory or the archive written (pass it, or ``directory``, to
@@ -148,7 +159,7 @@ def write_fake_cifar10(
     for i, name in enumerate(spec.files):
         n = n_test if name == spec.test else n_per_batch
         labels = _balanced_labels(n, 10, rng)
-        images = _examples(labels, rng, 3, 32, 10).reshape(n, -1)
+        images = _examples(labels, rng, 3, 32, 10, noise).reshape(n, -1)
         if fmt == "python":
             title = "testing batch 1 of 1" if name == spec.test else f"training batch {i + 1} of 5"
             batch = {
