@@ -25,7 +25,8 @@ class _NormBase(nn.Module):
 
     The same constructor, attributes, parameters and buffers as ``torch.nn``'s norm
     base, so ``state_dict`` keys (``weight``, ``bias``, ``running_mean``,
-    ``running_var``, ``num_batches_tracked``) load both ways. Two keyword-only extras:
+    ``running_var``, ``num_batches_tracked``) load both ways; ``bias=False`` (keyword-only,
+    as in torch 2.13) keeps the learned scale but drops the shift. Two keyword-only extras:
     ``decay`` (TF/Keras style, converted once by ``momentum_from_decay``) and
     ``backend`` (see ``bnlab.norm.dispatch``).
     """
@@ -54,6 +55,7 @@ class _NormBase(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         decay: float | None = None,
         backend: str = "auto",
     ) -> None:
@@ -85,7 +87,10 @@ class _NormBase(nn.Module):
         self.backend = backend
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:  # a learned scale without a shift (e.g. when a bias follows)
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -112,8 +117,9 @@ class _NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, and the affine parameters to weight 1, bias 0."""
         self.reset_running_stats()
-        if self.weight is not None and self.bias is not None:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -136,7 +142,8 @@ class _NormBase(nn.Module):
     def extra_repr(self) -> str:
         text = (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
         )
         if self.backend != dispatch.AUTO:
             text += f", backend={self.backend!r}"
@@ -261,6 +268,7 @@ class BatchNorm2d(_BatchNorm):
         track_running_stats: keep ``running_mean``/``running_var``/``num_batches_tracked``
             buffers and use them in eval mode.
         device, dtype: where and in what dtype parameters and buffers live.
+        bias: keyword-only; with ``affine``, False learns ``weight`` but no ``bias``.
         decay: keyword-only, TF/Keras style (weight of the OLD value, e.g. 0.99); sets
             ``momentum = 1 - decay``. Not together with a non-default ``momentum``.
         backend: keyword-only, ``"auto"`` or a name from

@@ -71,7 +71,7 @@ def get_norm(name: str, num_features: int, *, spatial_dims: int = 2, **kwargs: A
         ValueError: ``spatial_dims`` is not 0-3.
 
     >>> get_norm("bn", 16, eps=1e-3)
-    BatchNorm2d(16, eps=0.001, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm2d(16, eps=0.001, momentum=0.1, affine=True, bias=True, track_running_stats=True)
     """
     if name not in _NORMS:
         raise UnknownNameError("norm", name, tuple(_NORMS))
