@@ -385,11 +385,12 @@ def load_cifar10(
             else:
                 location = find_cifar10(archive)
         if location is None:
-            raise DatasetNotFoundError(_not_found_message(places, reason, cache_root))
+            raise DatasetNotFoundError(missing_message(places, reason, cache_root))
     return read_cifar10(location, validation_size=validation_size)
 
 
-def _not_found_message(places: Sequence[str], reason: str, cache_root: str | Path | None) -> str:
+def missing_message(places: Sequence[str], reason: str, cache_root: str | Path | None) -> str:
+    """The CIFAR-10-not-found message: places looked, why no download, what to do."""
     cache = cache_dir("cifar10", cache_root)
     return (
         f"CIFAR-10 not found. Looked in: {'; '.join(places)} (for {PY_DIR}/, {BIN_DIR}/, the "
