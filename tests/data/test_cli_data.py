@@ -19,7 +19,7 @@ def test_info_json_reports_locations(tmp_path: Path, capsys: pytest.CaptureFixtu
     write_fake_cifar10(tmp_path / "data", "binary", n_per_batch=4)
     assert main(["data", "--data-dir", str(tmp_path / "data"), "--json", "--verify"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["mnist"]["status"] == "ready" and info["mnist"]["location"] == str(d.parent)
+    assert info["mnist"]["status"] == "ready" and info["mnist"]["location"] == str(d)
     assert info["mnist"]["published_digests"] is False  # a fake, not the real MNIST
     assert info["cifar10"]["status"] == "ready" and info["cifar10"]["format"] == "binary"
     assert "astronaut" in info["images"]["names"]

@@ -98,12 +98,12 @@ def locate_mnist(
         found = find_mnist_files(data_dir)
         if found is None:
             raise MissingFilesError(Path(data_dir).expanduser(), MNIST_NAMES, ())
-        return MnistLocation(Path(data_dir).expanduser(), found, "data_dir", verified=False)
+        return MnistLocation(found[TRAIN_IMAGES].parent, found, "data_dir", verified=False)
     env_dir = env_data_dir()
     if env_dir is not None:
         found = find_mnist_files(env_dir)
         if found is not None:
-            return MnistLocation(env_dir, found, DATA_ENV, verified=False)
+            return MnistLocation(found[TRAIN_IMAGES].parent, found, DATA_ENV, verified=False)
     cache = cache_dir("mnist", cache_root)
     if all(m is None for m in cache_status(cache, MNIST_FILES).values()):
         return MnistLocation(cache, {n: cache / n for n in MNIST_NAMES}, "cache", verified=True)
