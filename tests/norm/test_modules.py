@@ -61,9 +61,10 @@ def make_pair(
     if ours.weight is not None:  # non-trivial affine parameters, the same in both
         with torch.no_grad():
             ours.weight.uniform_(0.5, 1.5)
-            ours.bias.normal_()
             theirs.weight.copy_(ours.weight)
-            theirs.bias.copy_(ours.bias)
+            if ours.bias is not None:
+                ours.bias.normal_()
+                theirs.bias.copy_(ours.bias)
     return ours, theirs
 
 
@@ -298,6 +299,7 @@ def test_one_value_per_channel_while_training(backend: str) -> None:
     bn = BatchNorm2d(3, backend=backend)
     with pytest.raises(ValueError, match=r"single value is undefined.*eval mode.*larger batch"):
         bn(torch.randn(1, 3, 1, 1))
+    assert int(bn.num_batches_tracked) == 0  # the refused batch was not counted
     bn.eval()
     assert bn(torch.randn(1, 3, 1, 1)).shape == (1, 3, 1, 1)  # population statistics work
 
@@ -379,3 +381,30 @@ def test_top_level_exports_and_batch_norm_types() -> None:
     assert isinstance(bnlab.BatchNorm1d(2), BATCH_NORM_TYPES)
     assert isinstance(nn.BatchNorm3d(2), BATCH_NORM_TYPES)
     assert not isinstance(nn.LayerNorm(2), BATCH_NORM_TYPES)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_affine_without_bias_matches_torch(backend: str) -> None:
+    ours, theirs = make_pair(BatchNorm2d, 3, torch.float64, backend, bias=False)
+    assert ours.bias is None and theirs.bias is None and ours.weight is not None
+    assert [n for n, _ in ours.named_parameters()] == ["weight"]
+    assert repr(ours).startswith(repr(theirs)[:-1])  # plus ", backend=..."
+    x = torch.randn(4, 3, 3, 5, dtype=torch.float64)
+    g = torch.randn_like(x)
+    (ours(x) * g).sum().backward()
+    (theirs(x) * g).sum().backward()
+    assert_close(ours(x), theirs(x), torch.float64, "output")
+    assert_close(ours.weight.grad, theirs.weight.grad, torch.float64, "weight grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_module_half_input(backend: str, half: torch.dtype) -> None:
+    ours, theirs = BatchNorm1d(4, dtype=half, backend=backend), nn.BatchNorm1d(4, dtype=half)
+    x = (torch.randn(16, 4, 3) + 2).to(half)
+    y, ty = ours(x), theirs(x)
+    assert y.dtype == half and ours.running_var.dtype == half
+    tol = 1e-2 if half == torch.float16 else 5e-2
+    torch.testing.assert_close(y.float(), ty.float(), rtol=tol, atol=tol)
+    rm, trm = ours.running_mean.float(), theirs.running_mean.float()
+    torch.testing.assert_close(rm, trm, rtol=tol, atol=tol)

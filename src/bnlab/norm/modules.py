@@ -184,9 +184,11 @@ class _BatchNorm(_NormBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        momentum = self._step_momentum()
         # Batch statistics in training, and in eval when there is nothing else to use.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if use_batch_stats:  # refuse before counting the batch: bad input changes no state
+            _validation.check_one_value_per_channel(input)
+        momentum = self._step_momentum()
         # Buffers are passed (and so updated) in training only when tracking is on.
         pass_buffers = not self.training or self.track_running_stats
         return self._batch_norm(
