@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -82,18 +83,29 @@ def get_backend(name: str) -> Callable[..., Tensor]:
         raise UnknownNameError("backend", name, (AUTO, *_BACKENDS)) from None
 
 
+# Below this many values a call is dominated by fixed costs, where PyTorch's C++ path
+# is cheaper than the fused kernel's Python glue (measured: docs/performance.md).
+_FUSED_MIN_NUMEL = 4096
+
+
 def _auto_rule(input: Tensor, training: bool) -> str:
     """Which backend ``"auto"`` means for this call. Extend this rule, and only this one.
 
-    Today: ``"native"`` (``torch.nn.functional.batch_norm``, PyTorch's own kernel) for
-    every input; it is the fastest registered backend and matches the reference within
-    float rounding. Its known weakness: float32 batches with a mean far larger than their
-    spread (mean 1e4, std 1e-2) lose about 5% of a standard deviation; ``"reference"``
-    keeps those exact (see docs/norm.md). A faster, robust kernel registered later should
-    be chosen here for the inputs it supports (e.g. CPU, float32, contiguous or
-    channels-last), with ``"native"`` as the fallback.
+    ``"fused"`` (bnlab's numba kernels, ``bnlab.norm.kernels``) for CPU float32/float64
+    inputs of at least ``_FUSED_MIN_NUMEL`` values: it is faster than PyTorch's kernel on
+    every such benchmark shape and robust to large offsets (docs/performance.md).
+    ``"native"`` (``torch.nn.functional.batch_norm``) otherwise: CUDA, half precision,
+    and tiny tensors. Native's known weakness: float32 batches with a mean far larger
+    than their spread (mean 1e4, std 1e-2) lose about 5% of a standard deviation;
+    ``"reference"`` and ``"fused"`` keep those exact (see docs/norm.md).
     """
-    del input, training  # not needed by today's rule; kernels will look at them
+    del training  # both modes have the same winner
+    if (
+        input.device.type == "cpu"
+        and input.dtype in (torch.float32, torch.float64)
+        and input.numel() >= _FUSED_MIN_NUMEL
+    ):
+        return "fused"
     return "native"
 
 
@@ -142,5 +154,22 @@ def _reference(
     )
 
 
+def _fused(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """bnlab's fused CPU kernels (``bnlab.norm.kernels``; numba is imported on first use)."""
+    from bnlab.norm.kernels.fused import batch_norm_fused
+
+    return batch_norm_fused(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
 register_backend("native", _native)
 register_backend("reference", _reference)
+register_backend("fused", _fused)

@@ -1,0 +1,29 @@
+"""Fused CPU batch-norm kernels (numba): training forward, backward and inference forward.
+
+The ``"fused"`` backend of :func:`bnlab.norm.functional.batch_norm`. Array kernels live in
+``_numba.py``; the torch glue, memory-schedule planning and autograd Function in ``fused.py``.
+"""
+
+from __future__ import annotations
+
+from bnlab.norm.kernels.fused import (
+    SUPPORTED_DTYPES,
+    FusedBatchNormFunction,
+    Plan,
+    batch_norm_fused,
+    fused_batch_norm,
+    is_supported,
+    plan_for,
+    warmup,
+)
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "FusedBatchNormFunction",
+    "Plan",
+    "batch_norm_fused",
+    "fused_batch_norm",
+    "is_supported",
+    "plan_for",
+    "warmup",
+]

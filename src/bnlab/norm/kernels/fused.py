@@ -1,0 +1,424 @@
+"""The fused CPU batch norm: memory-schedule planning and the autograd Function.
+
+Wraps the numba kernels of ``_numba.py`` (float32/float64, contiguous or channels-last, any
+rank 2-5) in :class:`FusedBatchNormFunction`, whose backward is one fused kernel too, and
+exposes :func:`fused_batch_norm` (optionally with a fused ReLU). Inputs the kernels do not
+cover (CUDA, half precision, integer) go to the reference implementation instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from bnlab.norm import _validation
+from bnlab.norm.functional import _empty_batch_norm, batch_stats, normalize
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "FusedBatchNormFunction",
+    "Plan",
+    "batch_norm_fused",
+    "fused_batch_norm",
+    "is_supported",
+    "plan_for",
+    "warmup",
+]
+
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+# The channel-slice schedule reads each channel once from memory when a channel's rows
+# are long enough to stream (L values each); shorter rows go to the row schedule.
+_MIN_CHANNEL_ROW = 32
+# The row schedule widens rows of fewer than this many values (C small, channels-last) by
+# viewing ``rep`` consecutive rows as one, so the inner loop stays vectorized.
+_MIN_ROW_WIDTH = 64
+# Above this many columns the row schedule's per-column partial sums outgrow the cache.
+_MAX_ROW_WIDTH = 1 << 16
+
+
+def is_supported(input: Tensor) -> bool:
+    """Whether the fused kernels handle ``input``: a non-empty float32/float64 CPU tensor."""
+    return input.device.type == "cpu" and input.dtype in SUPPORTED_DTYPES and input.numel() > 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a tensor of one shape and layout is laid out for the kernels.
+
+    Attributes:
+        schedule: ``"channel"`` (one ``(N, C, L)`` channel slice per task, the input read
+            from memory once) or ``"rows"`` (row blocks of a ``(R, W)`` view, two passes).
+        layout: ``"contiguous"`` (NCHW-style) or ``"channels_last"`` (channels innermost).
+        shape: the 3-D (channel) or 2-D (rows) view the kernels see.
+        rep: for ``"rows"``, how many channel groups one view row holds (``W = rep * C``
+            channels-last) or values per channel group (``W = C * rep`` contiguous).
+    """
+
+    schedule: str
+    layout: str
+    shape: tuple[int, ...]
+    rep: int
+
+    def view(self, t: Tensor) -> np.ndarray:
+        """``t`` (same shape as the planned input) as the kernels' numpy array.
+
+        Copies only when ``t``'s memory layout differs from the plan's.
+        """
+        t = t.detach()
+        t = t.movedim(1, -1).contiguous() if self.layout == "channels_last" else t.contiguous()
+        return t.view(self.shape).numpy()
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """For ``"rows"``: ``chan`` (each column's channel), ``first`` (a column per channel)."""
+        return _column_maps(self.layout, self.shape[1], self.rep)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_maps(layout: str, width: int, rep: int) -> tuple[np.ndarray, np.ndarray]:
+    if layout == "channels_last":  # column j = (row group, channel j % C)
+        num_channels = width // rep
+        chan = np.arange(width, dtype=np.int64) % num_channels
+        first = np.arange(num_channels, dtype=np.int64)
+    else:  # column j = (channel j // L, position j % L)
+        num_channels = width // rep
+        chan = np.arange(width, dtype=np.int64) // rep
+        first = np.arange(num_channels, dtype=np.int64) * rep
+    chan.setflags(write=False)
+    first.setflags(write=False)
+    return chan, first
+
+
+# numba's pool size, fixed at its first parallel launch (NUMBA_NUM_THREADS).
+_MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+
+
+def _threads() -> int:
+    """Kernel threads: torch's setting (so ``torch.set_num_threads`` governs both)."""
+    n = max(1, min(torch.get_num_threads(), _MAX_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def plan_for(input: Tensor, threads: int | None = None) -> Plan:
+    """The kernel schedule and view for ``input`` (``(N, C, *)``, any memory format).
+
+    A tensor that is neither contiguous nor channels-last is planned as contiguous (and
+    copied by :meth:`Plan.view`).
+
+    >>> plan_for(torch.empty(64, 64, 56, 56)).schedule
+    'channel'
+    >>> plan_for(torch.empty(64, 64, 56, 56).to(memory_format=torch.channels_last)).schedule
+    'rows'
+    """
+    n, c = input.shape[0], input.shape[1]
+    length = input.numel() // max(1, n * c)
+    tasks = threads if threads is not None else max(1, torch.get_num_threads())
+    if not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
+        rows = n * length
+        rep = 1
+        for k in range(max(1, -(-_MIN_ROW_WIDTH // c)), 1, -1):
+            if rows % k == 0:
+                rep = k
+                break
+        return Plan("rows", "channels_last", (rows // rep, rep * c), rep)
+    balanced = c % tasks == 0 or c >= 4 * tasks
+    if length >= _MIN_CHANNEL_ROW and (balanced or c * length > _MAX_ROW_WIDTH):
+        return Plan("channel", "contiguous", (n, c, length), length)
+    return Plan("rows", "contiguous", (n, c * length), length)
+
+
+def _np_param(t: Tensor | None, num_channels: int, fill: float, dtype: torch.dtype) -> np.ndarray:
+    """A ``(C,)`` parameter as a contiguous numpy array of ``dtype`` (``fill`` if None)."""
+    if t is None:
+        return np.full(num_channels, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    return t.detach().to(dtype).contiguous().numpy()
+
+
+_EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in SUPPORTED_DTYPES}
+
+
+class FusedBatchNormFunction(torch.autograd.Function):
+    """Batch norm (optionally followed by ReLU) with fused forward and backward kernels.
+
+    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, relu)``
+    returns ``y = max(0, (x - mean) / sqrt(var + eps) * weight + bias)`` (no max without
+    ``relu``), with the batch's mean and biased variance in training (and the running
+    statistics moved by ``momentum`` toward the mean and unbiased variance, in place) and
+    the running statistics otherwise. Backward, with ``g = dL/dy`` masked where the ReLU
+    was off and ``m`` values per channel (Ioffe & Szegedy 2015, Section 3)::
+
+        dL/dbias   = sum(g)                dL/dweight = sum(g * xhat)
+        dL/dx      = weight * invstd * (g - sum(g)/m - xhat * sum(g * xhat)/m)   (training)
+        dL/dx      = weight * invstd * g                                        (eval)
+
+    computed in one kernel that reads ``x`` and ``g`` per channel slice. A double backward
+    (``create_graph=True``) is computed with differentiable torch operations instead.
+
+    Shape:
+        x: ``(N, C, *)`` float32/float64 CPU, contiguous or channels-last (others are
+        copied); weight, bias, running_mean, running_var: ``(C,)`` or None; y: like x.
+
+    >>> x = torch.randn(8, 3, 4, 4, requires_grad=True)
+    >>> y = FusedBatchNormFunction.apply(x, None, None, None, None, True, 0.1, 1e-5, False)
+    >>> y.sum().backward(); x.grad.shape
+    torch.Size([8, 3, 4, 4])
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+        relu: bool,
+    ) -> Tensor:
+        from bnlab.norm.kernels import _numba as K
+
+        threads = _threads()
+        plan = plan_for(x, threads)
+        if plan.layout == "contiguous" and not x.is_contiguous():
+            x = x.contiguous()
+        num_channels = x.shape[1]
+        w = _np_param(weight, num_channels, 1.0, x.dtype)
+        b = _np_param(bias, num_channels, 0.0, x.dtype)
+        y = torch.empty_like(x)
+        mean = np.empty(num_channels)
+        invstd = np.empty(num_channels)
+        xv, yv = plan.view(x), plan.view(y)
+        if training:
+            rm, rv, write_back = _running_arrays(running_mean, running_var, x.dtype)
+            if plan.schedule == "channel":
+                K.channel_forward_train(xv, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum)
+            else:
+                chan, first = plan.columns()
+                K.rows_forward_train(
+                    xv, chan, first, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum, threads
+                )
+            write_back()
+        else:
+            if running_mean is None or running_var is None:
+                raise ValueError("eval mode needs running_mean and running_var")
+            rm = running_mean.detach().to(torch.float64).numpy()
+            rv = running_var.detach().to(torch.float64).numpy()
+            if plan.schedule == "channel":
+                K.channel_forward_eval(xv, w, b, eps, relu, yv, rm, rv, mean, invstd)
+            else:
+                chan, _first = plan.columns()
+                K.rows_forward_eval(xv, chan, w, b, eps, relu, yv, rm, rv, mean, invstd, threads)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.stats = (torch.from_numpy(mean), torch.from_numpy(invstd))
+        ctx.plan = plan
+        ctx.training = training
+        ctx.relu = relu
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias = ctx.saved_tensors
+        need_dx, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            dx, dw, db = _differentiable_backward(ctx, x, weight, bias, dy)
+        else:
+            dx, dw, db = _fused_backward(ctx, x, weight, bias, dy, need_dx)
+        return (
+            dx if need_dx else None,
+            dw if need_w else None,
+            db if need_b else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _running_arrays(
+    running_mean: Tensor | None, running_var: Tensor | None, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The running buffers as numpy arrays the kernel updates in place, and a write-back.
+
+    Buffers that are not contiguous in ``dtype`` are updated through a copy, written back
+    by the returned callable (a no-op otherwise). None gives empty arrays (no update).
+    """
+    if running_mean is None or running_var is None:
+        return _EMPTY[dtype], _EMPTY[dtype], lambda: None
+    direct = all(
+        t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
+        for t in (running_mean, running_var)
+    )
+    if direct:
+        return running_mean.detach().numpy(), running_var.detach().numpy(), lambda: None
+    rm = running_mean.detach().to("cpu", dtype).contiguous().clone()
+    rv = running_var.detach().to("cpu", dtype).contiguous().clone()
+
+    def write_back() -> None:
+        with torch.no_grad():
+            running_mean.copy_(rm)
+            running_var.copy_(rv)
+
+    return rm.numpy(), rv.numpy(), write_back
+
+
+def _fused_backward(
+    ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor, need_dx: bool
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    from bnlab.norm.kernels import _numba as K
+
+    threads = _threads()
+    plan: Plan = ctx.plan
+    num_channels = x.shape[1]
+    w = _np_param(weight, num_channels, 1.0, x.dtype)
+    b = _np_param(bias, num_channels, 0.0, x.dtype)
+    mean, invstd = (s.numpy() for s in ctx.stats)
+    xv = plan.view(x)
+    dyv = plan.view(dy.to(x.dtype))
+    dx = torch.empty_like(x) if need_dx else None
+    dxv = plan.view(dx) if dx is not None else xv  # never written when need_dx is False
+    sum_g = np.empty(num_channels)
+    sum_gxhat = np.empty(num_channels)
+    args = (w, b, mean, invstd, ctx.training, ctx.relu, need_dx, dxv, sum_g, sum_gxhat)
+    if plan.schedule == "channel":
+        K.channel_backward(xv, dyv, *args)
+    else:
+        chan, _first = plan.columns()
+        K.rows_backward(xv, dyv, chan, *args, threads)
+    dtype = weight.dtype if weight is not None else x.dtype
+    dw = torch.from_numpy(sum_gxhat).to(dtype)
+    db = torch.from_numpy(sum_g).to(bias.dtype if bias is not None else x.dtype)
+    return dx, dw, db
+
+
+def _differentiable_backward(
+    ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The backward in torch operations, so that it can itself be differentiated.
+
+    Runs only under ``create_graph=True`` (double backward, ``gradgradcheck``): the
+    forward is recomputed with bnlab's functional ops and differentiated by autograd.
+    """
+    inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
+    if not inputs:
+        return None, None, None
+    with torch.enable_grad():
+        if ctx.training:
+            mean, var = batch_stats(x)
+        else:
+            mean_t, invstd_t = ctx.stats
+            mean, var = mean_t, invstd_t.pow(-2) - ctx.eps
+        y = normalize(x, mean, var, weight, bias, ctx.eps)
+        if ctx.relu:
+            y = torch.relu(y)
+        grads = torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
+    found = dict(zip((id(t) for t in inputs), grads, strict=True))
+    return tuple(found.get(id(t)) if t is not None else None for t in (x, weight, bias))  # type: ignore[return-value]
+
+
+def fused_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    relu: bool = False,
+) -> Tensor:
+    """Batch norm through the fused CPU kernels; ``torch.nn.functional.batch_norm`` semantics.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel (dim 1), followed by
+    ``max(y, 0)`` when ``relu`` (one pass instead of two, forward and backward). Training
+    uses the batch's mean and biased variance and updates the running statistics in
+    place (``new = (1 - momentum) * old + momentum * batch``, unbiased variance); eval
+    uses the running statistics. Inputs the kernels do not support (see
+    :func:`is_supported`) are computed by bnlab's reference implementation.
+
+    Args and Raises: as :func:`bnlab.norm.functional.batch_norm`, plus ``relu``.
+
+    Returns:
+        A tensor like ``input`` (same shape, dtype and memory format when it is
+        contiguous or channels-last).
+
+    >>> x = torch.randn(16, 4, 8, 8)
+    >>> y = fused_batch_norm(x, None, None, training=True, relu=True)
+    >>> bool((y >= 0).all())
+    True
+    """
+    _validation.check_batch_norm_args(
+        input, running_mean, running_var, weight, bias, training, momentum, eps
+    )
+    if input.numel() == 0:
+        y = _empty_batch_norm(input, weight, bias)
+        return torch.relu(y) if relu else y
+    return batch_norm_fused(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, relu=relu
+    )
+
+
+def batch_norm_fused(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    *,
+    relu: bool = False,
+) -> Tensor:
+    """:func:`fused_batch_norm` without the argument checks: the ``"fused"`` backend.
+
+    Trusts validated arguments and a non-empty input (``bnlab.norm.dispatch``'s backend
+    contract); inputs outside :func:`is_supported` go to the reference implementation.
+    """
+    if not is_supported(input):
+        from bnlab.norm.reference import batch_norm_reference
+
+        y = batch_norm_reference(
+            input, running_mean, running_var, weight, bias, training, momentum, eps
+        )
+        return torch.relu(y) if relu else y
+    out: Tensor = FusedBatchNormFunction.apply(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu
+    )
+    return out
+
+
+def warmup(dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES) -> float:
+    """Compile (or load from numba's on-disk cache) every kernel for ``dtypes``; seconds.
+
+    The first call of a kernel in a process costs its compilation (seconds) or, once
+    numba's cache holds it (``__pycache__`` beside ``_numba.py``, or ``NUMBA_CACHE_DIR``),
+    the cache load (tens of milliseconds). Call this before timing anything.
+    """
+    start = time.perf_counter()
+    shapes = [((4, 4, 40), None), ((4, 3, 2), None), ((8, 4, 3, 3), torch.channels_last)]
+    for dtype in dtypes:
+        for shape, fmt in shapes:
+            x = torch.randn(shape, dtype=dtype)
+            if fmt is not None:
+                x = x.contiguous(memory_format=fmt)
+            x.requires_grad_(True)
+            w = torch.ones(shape[1], dtype=dtype, requires_grad=True)
+            rm, rv = torch.zeros(shape[1], dtype=dtype), torch.ones(shape[1], dtype=dtype)
+            for training in (True, False):
+                y = fused_batch_norm(x, rm, rv, w, None, training)
+                y.sum().backward()
+    return time.perf_counter() - start
