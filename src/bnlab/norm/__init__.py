@@ -8,6 +8,7 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 from __future__ import annotations
 
 from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
+from bnlab.norm.fold import fold_bn, fold_bn_weights
 from bnlab.norm.functional import (
     batch_norm,
     batch_stats,
@@ -33,6 +34,8 @@ __all__ = [
     "batch_norm_reference",
     "batch_stats",
     "decay_from_momentum",
+    "fold_bn",
+    "fold_bn_weights",
     "get_norm",
     "momentum_from_decay",
     "normalize",
