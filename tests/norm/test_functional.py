@@ -6,6 +6,7 @@ every registered backend (a backend registered later is tested by the same cases
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -42,6 +43,19 @@ def oracle_stats(x: Tensor, channel_dim: int = 1) -> tuple[Tensor, Tensor]:
     xd = x.double().movedim(channel_dim, 0).reshape(x.shape[channel_dim], -1)
     mean = xd.mean(1)
     return mean, ((xd - mean[:, None]) ** 2).mean(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Run this file's tiny tensors on one intra-op thread, restored afterwards.
+
+    On a shared 2-core machine, a second OpenMP thread waits at every parallel region
+    for a descheduled peer: measured 80 s vs 8 s for the norm tests under load.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- batch_stats ---------------------------------------------------------------------------
@@ -281,10 +295,11 @@ def test_batch_norm_matches_torch_functional(backend: str, case: tuple, dtype: t
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
 def test_gradcheck_and_gradgradcheck_float64(backend: str, training: bool, affine: bool) -> None:
-    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
-    params = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    rm = torch.randn(3, dtype=torch.float64)
-    rv = torch.rand(3, dtype=torch.float64) + 0.5
+    # Small on purpose: gradgradcheck's numerical Jacobians grow with the square of numel.
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    rm = torch.randn(2, dtype=torch.float64)
+    rv = torch.rand(2, dtype=torch.float64) + 0.5
 
     def fn(x: Tensor, *wb: Tensor) -> Tensor:
         w, b = wb if affine else (None, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,6 +40,19 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Run this file's tiny tensors on one intra-op thread, restored afterwards.
+
+    On a shared 2-core machine, a second OpenMP thread waits at every parallel region
+    for a descheduled peer: measured 80 s vs 8 s for the norm tests under load.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str) -> None:
     """Relative closeness at the project tolerance, scaled by the tensor's magnitude.
 
@@ -68,14 +82,13 @@ def make_pair(
     return ours, theirs
 
 
-# (momentum, affine, track_running_stats): momentum matters only when tracking.
+# (momentum, affine, track_running_stats): momentum matters only when tracking, and the
+# affine switch is independent of it, so each is varied with the others at defaults.
 STATS_CASES = [
     (0.1, True, True),
     (None, True, True),
     (0.0, True, True),
     (0.1, False, True),
-    (None, False, True),
-    (0.0, False, True),
     (0.1, True, False),
     (0.1, False, False),
 ]

@@ -4,12 +4,27 @@ order), agreement with autograd through the plain formula, and Alg. 2 population
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import Tensor
 
 from bnlab.norm.functional import batch_stats, normalize
 from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Run this file's tiny tensors on one intra-op thread, restored afterwards.
+
+    On a shared 2-core machine, a second OpenMP thread waits at every parallel region
+    for a descheduled peer: measured 80 s vs 8 s for the norm tests under load.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def apply_training(x: Tensor, w: Tensor | None, b: Tensor | None) -> tuple[Tensor, ...]:
