@@ -1,1 +1,60 @@
-"""Reads run directories from disk; plots (matplotlib) and the HTML / Markdown report."""
+"""Reads run directories from disk; plots (matplotlib) and the HTML / Markdown report.
+
+Experiments describe what the report shows with the types of :mod:`bnlab.report.spec`;
+:func:`build_report` turns run directories into ``report.html``, ``report.md`` and
+``report.json``.
+"""
+
+from __future__ import annotations
+
+from bnlab.report.build import ReportFiles, build_document, build_report, experiment_section
+from bnlab.report.claims import describe, every_run, every_run_at_step
+from bnlab.report.plots import curve_png, png_bytes
+from bnlab.report.render import VERDICT_TEXT, Document, Section, render_html, render_markdown
+from bnlab.report.results import NOT_RUN, ExperimentResults, RunRecord, load_results
+from bnlab.report.spec import (
+    Block,
+    Claim,
+    Curve,
+    Figure,
+    Metric,
+    Paragraph,
+    Reportable,
+    Table,
+    Verdict,
+)
+from bnlab.report.stats import Summary, format_summary, format_value, summarize
+
+__all__ = [
+    "NOT_RUN",
+    "VERDICT_TEXT",
+    "Block",
+    "Claim",
+    "Curve",
+    "Document",
+    "ExperimentResults",
+    "Figure",
+    "Metric",
+    "Paragraph",
+    "ReportFiles",
+    "Reportable",
+    "RunRecord",
+    "Section",
+    "Summary",
+    "Table",
+    "Verdict",
+    "build_document",
+    "build_report",
+    "curve_png",
+    "describe",
+    "every_run",
+    "every_run_at_step",
+    "experiment_section",
+    "format_summary",
+    "format_value",
+    "load_results",
+    "png_bytes",
+    "render_html",
+    "render_markdown",
+    "summarize",
+]

@@ -1,0 +1,126 @@
+"""``bnlab run EXPERIMENT``: train variants of one experiment over seeds into run directories."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+HELP = "run one experiment (some or all variants, K seeds) into run directories"
+
+#: Default output directories: full runs and --quick runs are kept apart so their
+#: configs never collide.
+DEFAULT_OUT = "runs"
+DEFAULT_QUICK_OUT = "runs-quick"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, default_seeds: int) -> None:
+    """Options shared by ``run`` and ``reproduce``."""
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=default_seeds,
+        metavar="K",
+        help=f"seeds 0..K-1 per variant (default {default_seeds})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"runs directory (default {DEFAULT_OUT}/, or {DEFAULT_QUICK_OUT}/ with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny step counts: checks every code path in seconds (numbers are meaningless)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read the data from DIR (e.g. a directory with the four MNIST IDX files)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard existing run directories of the selected runs and train again",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: torch's choice; recorded in env.json)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment name (see: bnlab list)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="variant to run (repeat or comma-separate; default: all)",
+    )
+    add_common_arguments(parser, default_seeds=1)
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    """The runs directory the options ask for."""
+    if args.out is not None:
+        return Path(args.out)
+    return Path(DEFAULT_QUICK_OUT if args.quick else DEFAULT_OUT)
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply process-wide options (threads); check the seed count."""
+    import torch
+
+    from bnlab.errors import BnlabError
+
+    if args.seeds < 1:
+        raise BnlabError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BnlabError(f"--threads must be >= 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def summary_text(spec: Any, runs_dir: Path, variants: list[str] | None = None) -> str:
+    """The final-metrics table of ``spec``'s runs in ``runs_dir`` as plain text."""
+    from bnlab.report.build import metric_table
+    from bnlab.report.render import render_text_table
+    from bnlab.report.results import ExperimentResults, load_results
+
+    results = load_results(runs_dir).get(spec.name, ExperimentResults(spec.name))
+    names = variants or list(spec.variant_names())
+    table = metric_table(spec, results, names)
+    return render_text_table(table) if table is not None else "(no finished runs)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from bnlab.experiments import get_experiment, run_experiment
+
+    setup(args)
+    spec = get_experiment(args.experiment)
+    variants = None
+    if args.variant:
+        variants = [v.strip() for item in args.variant for v in item.split(",") if v.strip()]
+    out = out_dir(args)
+    outcomes = run_experiment(
+        spec,
+        out_dir=out,
+        variants=variants,
+        seeds=args.seeds,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        restart=args.restart,
+    )
+    print(summary_text(spec, out, variants))
+    print(f"\nrun directories: {out / spec.name}; report: bnlab report {out}")
+    return 0 if all(o.status != "failed" for o in outcomes) else 1

@@ -1,0 +1,157 @@
+"""What an experiment is: a frozen config, named variants, a run function, report content.
+
+An experiment module builds one :class:`ExperimentSpec` (conventionally ``SPEC``) and the
+registry lists it. The engine (:mod:`bnlab.experiments.runner`) turns a spec, variant
+names and seeds into run directories; the report reads those back through the same spec.
+See ``docs/experiments.md`` for a walk-through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from bnlab.errors import UnknownNameError
+from bnlab.report.results import ExperimentResults
+from bnlab.report.spec import Block, Claim, Curve, Metric
+from bnlab.train.rundir import RunDir
+
+__all__ = ["ExperimentSpec", "RunContext", "Variant", "config_to_dict"]
+
+C = TypeVar("C")
+D = TypeVar("D")
+
+
+@dataclass(frozen=True)
+class Variant(Generic[C]):
+    """A named configuration of an experiment (``dataclasses.replace`` of a base config).
+
+    Attributes:
+        config: the frozen config (its ``seed`` field is set per run by the engine).
+        description: one line for ``bnlab list`` and the report.
+    """
+
+    config: C
+    description: str
+
+
+@dataclass
+class RunContext:
+    """What an experiment's ``run`` function gets besides its config and data.
+
+    Attributes:
+        run: the run directory (metrics log, checkpoints, artefacts).
+        experiment, variant, seed: the run's identity.
+        progress: draw progress bars.
+        is_main: whether this process writes files (rank 0 under data-parallel training).
+    """
+
+    run: RunDir
+    experiment: str
+    variant: str
+    seed: int
+    progress: bool = False
+    is_main: bool = True
+
+    @property
+    def desc(self) -> str:
+        """``"<experiment>/<variant>/seed-<k>"``: progress-bar label and error-message prefix."""
+        return f"{self.experiment}/{self.variant}/seed-{self.seed}"
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Return a config dataclass as a JSON-ready dict (tuples become lists).
+
+    Raises:
+        TypeError: ``config`` is not a dataclass instance.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(
+            f"an experiment config must be a dataclass instance; got {type(config).__name__}"
+        )
+    return dict(json.loads(json.dumps(dataclasses.asdict(config))))
+
+
+@dataclass(frozen=True)
+class ExperimentSpec(Generic[C, D]):
+    """One experiment: its configs, how to get its data, how to run a seed, what to report.
+
+    Attributes:
+        name: the CLI name (``"deep-cnn"``); also the directory under ``runs/``.
+        title: a short human title.
+        seed_file: the tutorial it reproduces (file name in ``shared/seeds``).
+        summary: two or three sentences: network, training, what the seed shows.
+        variants: name -> :class:`Variant`, in display order; every config is a frozen
+            dataclass of the same type with an ``int`` field ``seed``.
+        load_data: ``(data_dir, progress) -> data``, called once per invocation; raise a
+            :class:`bnlab.errors.BnlabError` (e.g. ``bnlab.data.DataError``) when the data
+            are missing, and ``bnlab reproduce`` records the experiment as not run.
+        run: ``(config, data, ctx) -> final metrics``: trains one seed of one variant in
+            ``ctx.run`` (resuming from its checkpoints) and returns ``{name: float}``.
+        quick: ``config -> config`` with tiny step counts for ``--quick`` (code paths only).
+        metrics: final metrics shown in the report's table.
+        curves: plots drawn from ``metrics.jsonl``.
+        claims: the seed's claims and their checks.
+        extra_blocks: optional ``results -> [blocks]`` for anything else the report shows.
+        notes: faithfulness notes (deviations from the seed and why), shown in the report.
+        flush_denormal: run with denormal floats flushed to zero, as TensorFlow's CPU
+            kernels do (also avoids 10x slower steps when activations vanish).
+    """
+
+    name: str
+    title: str
+    seed_file: str
+    summary: str
+    variants: Mapping[str, Variant[C]]
+    load_data: Callable[[Path | None, bool], D]
+    run: Callable[[C, D, RunContext], dict[str, float]]
+    quick: Callable[[C], C]
+    metrics: tuple[Metric, ...] = ()
+    curves: tuple[Curve, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    extra_blocks: Callable[[ExperimentResults], list[Block]] | None = None
+    notes: tuple[str, ...] = ()
+    flush_denormal: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError(f"experiment {self.name!r} needs at least one variant")
+        types = {type(v.config) for v in self.variants.values()}
+        if len(types) != 1:
+            raise TypeError(
+                f"every variant of {self.name!r} must share one config type; got "
+                f"{sorted(t.__name__ for t in types)}"
+            )
+        for vname, variant in self.variants.items():
+            config = variant.config
+            if not dataclasses.is_dataclass(config) or not type(config).__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                raise TypeError(f"{self.name}/{vname}: the config must be a frozen dataclass")
+            if not isinstance(getattr(config, "seed", None), int):
+                raise TypeError(f"{self.name}/{vname}: the config needs an int field 'seed'")
+
+    def variant_names(self) -> tuple[str, ...]:
+        """The variant names in display order."""
+        return tuple(self.variants)
+
+    def variant_descriptions(self) -> dict[str, str]:
+        """Variant name -> one-line description (for the report and ``bnlab list``)."""
+        return {name: v.description for name, v in self.variants.items()}
+
+    def get_variant(self, name: str) -> Variant[C]:
+        """The variant called ``name``.
+
+        Raises:
+            UnknownNameError: no such variant (the message lists the valid ones).
+        """
+        if name not in self.variants:
+            raise UnknownNameError(f"variant of {self.name}", name, tuple(self.variants))
+        return self.variants[name]
+
+    def config_for(self, variant: str, seed: int, *, quick: bool = False) -> C:
+        """The resolved config of one run: the variant's config with ``seed`` (and quick sizes)."""
+        config = dataclasses.replace(self.get_variant(variant).config, seed=seed)  # type: ignore[type-var]
+        return self.quick(config) if quick else config

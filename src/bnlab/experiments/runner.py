@@ -1,0 +1,291 @@
+"""The engine: run an experiment's variants over seeds into run directories.
+
+For each (variant, seed) it resolves the config, writes ``config.json`` and ``env.json``,
+calls the experiment's ``run`` (which resumes from its checkpoints), and writes
+``result.json`` last. A finished run is skipped, an interrupted one resumes, a run
+directory holding a different config is refused (or discarded with ``restart``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bnlab.errors import BnlabError
+from bnlab.experiments.base import ExperimentSpec, RunContext, config_to_dict
+from bnlab.report.results import NOT_RUN
+from bnlab.train.env import capture_environment
+from bnlab.train.errors import RunConflictError
+from bnlab.train.io import write_json_atomic
+from bnlab.train.progress import progress_enabled
+from bnlab.train.rundir import RunDir
+
+__all__ = [
+    "ExperimentNotRunError",
+    "RunOutcome",
+    "run_experiment",
+    "run_one",
+    "seed_list",
+]
+
+Log = Callable[[str], None]
+
+
+class ExperimentNotRunError(BnlabError):
+    """An experiment that could not start (its data are missing); recorded in ``not-run.json``."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What happened to one (variant, seed).
+
+    Attributes:
+        status: ``"done"`` (trained now), ``"skipped"`` (already finished) or ``"failed"``.
+        metrics: the final metrics (empty when failed).
+        error: the error message when failed.
+        wall_time_s: wall time of this call.
+    """
+
+    experiment: str
+    variant: str
+    seed: int
+    path: Path
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    wall_time_s: float = 0.0
+
+
+def _stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """``K`` -> ``[0, ..., K-1]``; an explicit list is checked and returned.
+
+    Raises:
+        ValueError: ``K < 1``, a negative seed, or a repeated seed.
+    """
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"the number of seeds must be >= 1; got {seeds}")
+        return list(range(seeds))
+    out = [int(s) for s in seeds]
+    if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+        raise ValueError(f"seeds must be distinct non-negative integers; got {list(seeds)}")
+    return out
+
+
+@contextlib.contextmanager
+def _numerics(flush_denormal: bool) -> Iterator[None]:
+    # TF's CPU kernels flush denormals to zero; without it a deep ReLU net whose
+    # activations vanish also runs an order of magnitude slower.
+    previous = torch.set_flush_denormal(flush_denormal)
+    try:
+        yield
+    finally:
+        # set_flush_denormal returns whether the CPU supports it, not the old setting;
+        # bnlab never runs with it on outside an experiment, so switch it off again.
+        if previous:
+            torch.set_flush_denormal(False)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _resolved(
+    spec: ExperimentSpec[Any, Any], variant: str, seed: int, config: Any, quick: bool
+) -> dict[str, Any]:
+    kind = type(config)
+    return {
+        "experiment": spec.name,
+        "variant": variant,
+        "seed": seed,
+        "quick": quick,
+        "config_type": f"{kind.__module__}.{kind.__qualname__}",
+        "config": config_to_dict(config),
+    }
+
+
+def run_one(
+    spec: ExperimentSpec[Any, Any],
+    variant: str,
+    seed: int,
+    data: Any,
+    *,
+    out_dir: str | Path,
+    quick: bool = False,
+    progress: bool = False,
+    restart: bool = False,
+    is_main: bool = True,
+    log: Log = _stderr,
+) -> RunOutcome:
+    """Run (or resume, or skip) one seed of one variant into its run directory.
+
+    Raises:
+        RunConflictError: the directory holds a run with another config and ``restart`` is
+            false.
+        Exception: whatever the experiment raised (after ``failed.json`` was written).
+    """
+    config = spec.config_for(variant, seed, quick=quick)
+    run = RunDir(Path(out_dir) / spec.name / variant / f"seed-{seed}")
+    resolved = _resolved(spec, variant, seed, config, quick)
+    t0 = time.perf_counter()
+    if run.config_path.is_file():
+        stored = run.read_config()
+        same = stored.get("config") == resolved["config"] and stored.get("quick") == quick
+        if not same and not restart:
+            diff = _differences(stored.get("config", {}), resolved["config"])
+            if stored.get("quick") != quick:
+                diff.insert(0, f"quick: {stored.get('quick')!r} -> {quick!r}")
+            raise RunConflictError(
+                f"{run.path} already holds a run with another configuration "
+                f"({'; '.join(diff[:6])}). Pass --restart to discard it, or --out to write "
+                "the new run elsewhere."
+            )
+        if restart:
+            if is_main:
+                shutil.rmtree(run.path)
+        elif run.is_complete:
+            result = run.read_result()
+            log(f"{run.path}: already finished, skipped (--restart to train again)")
+            return RunOutcome(
+                spec.name, variant, seed, run.path, "skipped", dict(result.get("metrics", {}))
+            )
+
+    sessions = 1
+    if is_main:
+        if run.config_path.is_file():
+            env = run.read_env()
+            env.setdefault("resumes", []).append(capture_environment())
+            sessions = 1 + len(env["resumes"])
+            run.write_json(RunDir.ENV, env)
+            log(f"{run.path}: resuming an unfinished run")
+        else:
+            run.write_json(RunDir.CONFIG, resolved)
+            run.write_json(RunDir.ENV, capture_environment())
+        run.failed_path.unlink(missing_ok=True)
+
+    ctx = RunContext(run, spec.name, variant, seed, progress=progress, is_main=is_main)
+    try:
+        with _numerics(spec.flush_denormal):
+            metrics = spec.run(config, data, ctx)
+    except KeyboardInterrupt:
+        raise  # interrupted, not failed: the next call resumes from the checkpoint
+    except Exception as exc:
+        if is_main:
+            run.write_json(
+                RunDir.FAILED,
+                {
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+        raise
+    metrics = {str(k): float(v) for k, v in metrics.items()}
+    wall = time.perf_counter() - t0
+    if is_main:
+        run.write_result(metrics, wall_time_s=wall, sessions=sessions)
+    return RunOutcome(spec.name, variant, seed, run.path, "done", metrics, wall_time_s=wall)
+
+
+def run_experiment(
+    spec: ExperimentSpec[Any, Any],
+    *,
+    out_dir: str | Path,
+    variants: Sequence[str] | None = None,
+    seeds: int | Sequence[int] = 1,
+    quick: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool | None = None,
+    restart: bool = False,
+    keep_going: bool = False,
+    is_main: bool = True,
+    log: Log = _stderr,
+) -> list[RunOutcome]:
+    """Run ``variants`` (default: all) of ``spec`` for each seed into ``out_dir/<name>/``.
+
+    Args:
+        seeds: ``K`` for seeds ``0..K-1``, or an explicit list.
+        quick: tiny step counts (``spec.quick``), to check the code paths.
+        data_dir: passed to ``spec.load_data`` (``None``: the default sources).
+        progress: progress bars (``None``/``True``: when stderr is a terminal).
+        restart: discard existing run directories of these runs and train again.
+        keep_going: record a failed run and go on with the next (otherwise re-raise).
+
+    Returns:
+        One :class:`RunOutcome` per (variant, seed), variants outer, seeds inner.
+
+    Raises:
+        UnknownNameError: an unknown variant name.
+        ExperimentNotRunError: the data could not be loaded (recorded in ``not-run.json``).
+        RunConflictError: a run directory holds another config (see :func:`run_one`).
+    """
+    names = list(variants) if variants else list(spec.variant_names())
+    for name in names:
+        spec.get_variant(name)  # unknown names fail before anything runs
+    seeds_ = seed_list(seeds)
+    show = progress_enabled(progress)
+    exp_dir = Path(out_dir) / spec.name
+    try:
+        data = spec.load_data(Path(data_dir) if data_dir is not None else None, show)
+    except BnlabError as exc:
+        if is_main:
+            write_json_atomic(
+                exp_dir / NOT_RUN,
+                {
+                    "reason": str(exc),
+                    "error": type(exc).__name__,
+                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+        raise ExperimentNotRunError(f"{spec.name} did not run: {exc}") from exc
+    if is_main:
+        (exp_dir / NOT_RUN).unlink(missing_ok=True)
+
+    outcomes: list[RunOutcome] = []
+    total = len(names) * len(seeds_)
+    for name in names:
+        for seed in seeds_:
+            label = f"[{len(outcomes) + 1}/{total}] {spec.name}/{name}/seed-{seed}"
+            try:
+                outcome = run_one(
+                    spec,
+                    name,
+                    seed,
+                    data,
+                    out_dir=out_dir,
+                    quick=quick,
+                    progress=show,
+                    restart=restart,
+                    is_main=is_main,
+                    log=log,
+                )
+            except (KeyboardInterrupt, RunConflictError):
+                raise
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                log(f"{label}: FAILED: {type(exc).__name__}: {exc}")
+                path = Path(out_dir) / spec.name / name / f"seed-{seed}"
+                outcomes.append(RunOutcome(spec.name, name, seed, path, "failed", error=str(exc)))
+                continue
+            if outcome.status == "done":
+                log(f"{label}: done in {outcome.wall_time_s:.1f} s")
+            outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,91 @@
+"""Plots for the report: one PNG per curve, mean over seeds with a min-max band.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no
+display needed) and saved without a software/date stamp, so the same runs give the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+from bnlab.report.results import ExperimentResults
+from bnlab.report.spec import Curve
+
+__all__ = ["PALETTE", "curve_png", "png_bytes"]
+
+#: Colours by variant position (matplotlib's tab10), so a variant keeps its colour in
+#: every figure of an experiment.
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+def png_bytes(fig: MplFigure) -> bytes:
+    """Render ``fig`` to PNG bytes with no metadata (deterministic output)."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def curve_png(
+    results: ExperimentResults, curve: Curve, variants: Sequence[str]
+) -> tuple[bytes, int] | None:
+    """Draw ``curve`` for ``variants``: the mean over seeds and a band from min to max.
+
+    Args:
+        results: the experiment's runs.
+        curve: what to draw.
+        variants: the variants in the experiment's order (their colours follow it); the
+            curve's own ``variants`` selects among them.
+
+    Returns:
+        ``(png, n_lines)``, or ``None`` when no finished run logged the curve's values.
+    """
+    chosen = [v for v in variants if curve.variants is None or v in curve.variants]
+    scale = 100.0 if curve.fmt == "pct" else 1.0
+    fig = MplFigure(figsize=(7.5, 4.0))
+    ax = fig.add_subplot()
+    lines = 0
+    for index, variant in enumerate(variants):
+        if variant not in chosen:
+            continue
+        steps, per_run = results.curve(
+            variant, curve.tag, curve.key, phase=curve.phase, smooth=curve.smooth
+        )
+        if not steps:
+            continue
+        columns = list(zip(*per_run, strict=True))
+        mean = [scale * sum(col) / len(col) for col in columns]
+        low = [scale * min(col) for col in columns]
+        high = [scale * max(col) for col in columns]
+        color = PALETTE[index % len(PALETTE)]
+        ax.plot(steps, mean, color=color, linewidth=1.6, label=f"{variant} (n={len(per_run)})")
+        if len(per_run) > 1:
+            ax.fill_between(steps, low, high, color=color, alpha=0.18, linewidth=0)
+        lines += 1
+    if lines == 0:
+        return None
+    ax.set_title(curve.title)
+    ax.set_xlabel("step (optimizer updates)")
+    ax.set_ylabel(curve.ylabel + (" (%)" if curve.fmt == "pct" else ""))
+    if curve.logy:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return png_bytes(fig), lines
