@@ -5,7 +5,9 @@ directories and archives, plus the download path (injected fetch) and every bad-
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 from typing import Literal
@@ -46,6 +48,42 @@ def test_python_batch_pixel_layout() -> None:
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [6]
     assert images[0, :, 5, 5].tolist() == [1, 2, 3]
     assert images[0, 0, 0, 1] == 200
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes str and bytes as Python 2's ``str`` (BINSTRING), as the original batches were."""
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        op = (
+            pickle.SHORT_BINSTRING + bytes([n])
+            if n < 256
+            else pickle.BINSTRING + struct.pack("<i", n)
+        )
+        self.write(op + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj: str) -> None:
+        self.save_bytes(obj.encode("latin1"))
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def test_python2_style_pickle_loads() -> None:
+    # The published batches were written by Python 2 with numpy 1.x: no unicode strings and
+    # numpy.core.multiarray._reconstruct. Emulate that byte stream and read it back.
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    buf = io.BytesIO()
+    batch = {"batch_label": "training batch 1 of 5", "labels": [3, 7], "data": data}
+    _Py2Pickler(buf, protocol=2).dump(batch)
+    raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
+    images, labels = parse_python_batch(raw, "py2")
+    assert labels.tolist() == [3, 7]
+    np.testing.assert_array_equal(images.reshape(2, -1), data)
 
 
 def test_binary_batch_pixel_layout() -> None:
