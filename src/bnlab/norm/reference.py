@@ -85,10 +85,12 @@ class BatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(var.to(torch.promote_types(var.dtype, cdt)) + eps).to(cdt)
         # Alg. 1 line 4: scale and shift.
         y = xhat
-        if weight is not None:
-            y = y * weight.to(cdt).reshape(shape)
-        if bias is not None:
-            y = y + bias.to(cdt).reshape(shape)
+        if weight is not None and bias is not None:
+            y = torch.addcmul(bias.to(cdt).reshape(shape), xhat, weight.to(cdt).reshape(shape))
+        elif weight is not None:
+            y = xhat * weight.to(cdt).reshape(shape)
+        elif bias is not None:
+            y = xhat + bias.to(cdt).reshape(shape)
         ctx.set_materialize_grads(False)  # unused outputs give None, not tensors of zeros
         ctx.save_for_backward(xhat, invstd, weight)
         ctx.batch_statistics = batch_statistics
