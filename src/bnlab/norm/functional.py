@@ -116,20 +116,20 @@ def batch_stats(x: Tensor, channel_dim: int = 1) -> tuple[Tensor, Tensor]:
     if xc.numel() > 0:
         # One sample per channel: index 0 along every reduced dim (a view, no copy).
         shift = xc
-        for d in dims:
-            shift = shift.narrow(d, 0, 1)
+        for dim in dims:
+            shift = shift.narrow(dim, 0, 1)
         shift = shift.detach()  # a constant: d mean / d x flows through mean(x - s) only
     else:
         shift = xc.new_zeros(channel_shape(x.dim(), x.shape[channel_dim], channel_dim))
-    d = xc - shift
+    shifted = xc - shift
     # Two passes (mean, then the mean squared deviation) rather than E[d^2] - E[d]^2:
     # no cancellation. Also 2-3x faster than torch.var_mean on CPU (side by side on a
     # (32, 64, 28, 28) float32 batch, one thread: 9 ms vs 28 ms).
-    mean_d = d.mean(dims, keepdim=True)
-    e = d - mean_d
-    var = (e * e).mean(dims)
+    mean_shifted = shifted.mean(dims, keepdim=True)
+    deviation = shifted - mean_shifted
+    var = (deviation * deviation).mean(dims)
     acc = stats_dtype(x.dtype)
-    mean = shift.reshape(-1).to(acc) + mean_d.reshape(-1).to(acc)
+    mean = shift.reshape(-1).to(acc) + mean_shifted.reshape(-1).to(acc)
     return mean, var.to(acc)
 
 
