@@ -1,0 +1,198 @@
+"""The whole ``bnlab bench`` run: configuration, the measurements, the claims, the JSON.
+
+:func:`run_benchmark` warms the kernels up, times the backend matrix (``suite``), the
+deep-CNN training step and ``fold_bn`` latency (``nets``), checks the performance claims
+of issue 6 against what it measured, and returns one JSON-ready document.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bnlab.bench.nets import deep_cnn_step, fold_latency
+from bnlab.bench.roofline import MODES
+from bnlab.bench.shapes import shape_set
+from bnlab.bench.suite import BACKENDS, LAYOUTS, CaseResult, layout_applies, run_suite
+
+__all__ = ["BenchConfig", "check_claims", "run_benchmark"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The shape the roofline claim is about.
+ROOFLINE_SHAPE = (64, 64, 56, 56)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``bnlab bench`` measures.
+
+    >>> BenchConfig(quick=True).rounds
+    (3, 3)
+    """
+
+    shapes: str = "all"  # a key of bnlab.bench.shapes.SHAPE_SETS
+    layouts: tuple[str, ...] = LAYOUTS
+    dtypes: tuple[str, ...] = ("float32",)
+    modes: tuple[str, ...] = MODES
+    backends: tuple[str, ...] = BACKENDS
+    budget_s: float = 1.0  # seconds of interleaved rounds per (shape, layout, mode)
+    nets: bool = True  # also the deep-CNN training step and fold_bn latency
+    quick: bool = False  # tiny shapes and networks, 3 rounds: a smoke run of every path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> tuple[int, int]:
+        """``(min_rounds, max_rounds)`` per case."""
+        return (3, 3) if self.quick else (7, 40)
+
+    def resolved_shapes(self) -> str:
+        return "quick" if self.quick else self.shapes
+
+
+def check_claims(cases: Sequence[CaseResult], nets: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The measured value and verdict of each performance claim the data can speak to.
+
+    * fused fwd+bwd and inference within 1.5x of the roofline at 64x64x56x56 float32;
+    * bnlab's default ("auto") path at most 5% slower than torch on every case;
+    * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN.
+    """
+    claims: list[dict[str, Any]] = []
+    for r in cases:
+        about_roofline = r.shape.shape == ROOFLINE_SHAPE and r.dtype == "float32"
+        if about_roofline and "fused" in r.times and r.mode in ("forward+backward", "inference"):
+            value = r.ratio("fused", "roofline")
+            claims.append(
+                {
+                    "claim": f"fused {r.mode} {r.layout} within 1.5x of the roofline",
+                    "measured": round(value, 3),
+                    "holds": value <= 1.5,
+                }
+            )
+    with_auto = [r for r in cases if "auto" in r.times and "native" in r.times]
+    if with_auto:
+        worst = max(with_auto, key=lambda r: r.ratio("auto", "native"))
+        value = worst.ratio("auto", "native")
+        claims.append(
+            {
+                "claim": "auto at most 5% slower than torch native on every case",
+                "measured": round(value, 3),
+                "worst_case": f"{worst.shape.label} {worst.layout} {worst.mode}",
+                "holds": value <= 1.05,
+            }
+        )
+    if nets is not None and "deep_cnn_step" in nets:
+        ratios = nets["deep_cnn_step"]["ratios"]
+        claims.append(
+            {
+                "claim": "deep-cnn step with bnlab BN within 1.05x of no BN",
+                "measured": round(ratios["bnlab-bn/no-bn"], 3),
+                "holds": ratios["bnlab-bn/no-bn"] <= 1.05,
+            }
+        )
+        claims.append(
+            {
+                "claim": "deep-cnn step with bnlab BN faster than with torch BN",
+                "measured": round(ratios["bnlab-bn/torch-bn"], 3),
+                "holds": ratios["bnlab-bn/torch-bn"] < 1.0,
+            }
+        )
+    return claims
+
+
+def count_cases(config: BenchConfig) -> int:
+    """How many (shape, layout, dtype, mode) cases ``config`` times."""
+    shapes = shape_set(config.resolved_shapes())
+    per_shape = [sum(layout_applies(s.shape, lay) for lay in config.layouts) for s in shapes]
+    return sum(per_shape) * len(config.dtypes) * len(config.modes)
+
+
+def run_benchmark(
+    config: BenchConfig, on_case: Callable[[CaseResult], None] | None = None
+) -> dict[str, Any]:
+    """Run everything ``config`` asks for; return the JSON-ready result document.
+
+    Returns:
+        ``{"config", "environment", "warmup_s", "cases": [...], "nets": {...} | None,
+        "claims": [...]}`` (see :meth:`CaseResult.as_dict` for a case).
+
+    Raises:
+        UnknownNameError: an unknown shape set, layout, mode or backend.
+        ValueError: an unknown dtype name.
+    """
+    from bnlab.norm.kernels import warmup
+    from bnlab.train.env import capture_environment
+
+    for name in config.dtypes:
+        if name not in _DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; expected one of: {', '.join(_DTYPES)}")
+    dtypes = tuple(_DTYPES[name] for name in config.dtypes)
+    warmup_s = warmup(dtypes)  # compile or load every kernel before timing anything
+    min_rounds, max_rounds = config.rounds
+    budget = 0.0 if config.quick else config.budget_s
+    cases = run_suite(
+        shape_set(config.resolved_shapes()),
+        layouts=config.layouts,
+        dtypes=dtypes,
+        modes=config.modes,
+        backends=config.backends,
+        budget_s=budget,
+        min_rounds=min_rounds,
+        max_rounds=max_rounds,
+        on_case=on_case,
+    )
+    nets: dict[str, Any] | None = None
+    if config.nets:
+        if config.quick:
+            step = deep_cnn_step(8, budget_s=0.0, min_rounds=2, max_rounds=2, num_conv_layers=3)
+            fold = fold_latency(budget_s=0.0, min_rounds=2, max_rounds=2, num_conv_layers=3)
+        else:
+            step = deep_cnn_step(64)
+            fold = fold_latency()
+        nets = {"deep_cnn_step": step, "fold_latency": fold}
+    return {
+        "config": {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra,
+        "environment": capture_environment(),
+        "warmup_s": warmup_s,
+        "cases": [r.as_dict() for r in cases],
+        "nets": nets,
+        "claims": check_claims(cases, nets),
+    }
+
+
+def format_nets(nets: dict[str, Any]) -> str:
+    """Two short paragraphs: the deep-CNN step ratios and the fold latency."""
+    step = nets["deep_cnn_step"]
+    times = {k: v["median_s"] * 1e3 for k, v in step["times"].items()}
+    lines = [
+        f"deep-cnn training step (batch {step['batch']}, {step['num_conv_layers']} conv layers), "
+        "median ms:",
+        "  " + "  ".join(f"{k} {v:.2f}" for k, v in times.items()),
+        "  " + "  ".join(f"{k} {v:.3f}" for k, v in step["ratios"].items()),
+    ]
+    fold = nets["fold_latency"]
+    bn, folded = (fold["times"][k]["median_s"] * 1e3 for k in ("bn", "folded"))
+    lines.append(
+        f"single-image inference: with BN {bn:.3f} ms, folded {folded:.3f} ms "
+        f"(speedup {fold['speedup']:.2f}x, max relative difference {fold['max_rel_diff']:.1e})"
+    )
+    return "\n".join(lines)
+
+
+def format_claims(claims: Sequence[dict[str, Any]]) -> str:
+    """One line per claim: HOLDS/FAILS, the claim, the measured value."""
+    lines = []
+    for c in claims:
+        verdict = "HOLDS" if c["holds"] else "FAILS"
+        where = f" (worst: {c['worst_case']})" if "worst_case" in c else ""
+        measured = c["measured"]
+        shown = (
+            f"{measured:.3f}"
+            if isinstance(measured, float) and math.isfinite(measured)
+            else measured
+        )
+        lines.append(f"  [{verdict}] {c['claim']}: {shown}{where}")
+    return "\n".join(lines)
