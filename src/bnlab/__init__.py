@@ -2,27 +2,43 @@
 
 The public API is re-exported here explicitly; implementation lives in the layer
 packages (``bnlab.norm``, ``bnlab.data``, ...). See ``docs/architecture.md``.
+Re-exports load on first use, so ``import bnlab`` (and ``bnlab --help``) skips torch.
 """
 
 from __future__ import annotations
 
-from bnlab.norm import (
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    available_norms,
-    batch_norm,
-    batch_stats,
-    decay_from_momentum,
-    fold_bn,
-    get_norm,
-    momentum_from_decay,
-    normalize,
-    register_norm,
-    update_running_stats,
-)
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it; imported on first attribute access.
+_EXPORTS: dict[str, str] = {
+    "BatchNorm1d": "bnlab.norm.modules",
+    "BatchNorm2d": "bnlab.norm.modules",
+    "BatchNorm3d": "bnlab.norm.modules",
+    "batch_norm": "bnlab.norm.functional",
+    "batch_stats": "bnlab.norm.functional",
+    "decay_from_momentum": "bnlab.norm.functional",
+    "momentum_from_decay": "bnlab.norm.functional",
+    "normalize": "bnlab.norm.functional",
+    "update_running_stats": "bnlab.norm.functional",
+    "available_norms": "bnlab.norm.registry",
+    "get_norm": "bnlab.norm.registry",
+    "register_norm": "bnlab.norm.registry",
+}
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bnlab.norm.functional import (
+        batch_norm,
+        batch_stats,
+        decay_from_momentum,
+        momentum_from_decay,
+        normalize,
+        update_running_stats,
+    )
+    from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+    from bnlab.norm.registry import available_norms, get_norm, register_norm
 
 __all__ = [
     "BatchNorm1d",
@@ -33,10 +49,24 @@ __all__ = [
     "batch_norm",
     "batch_stats",
     "decay_from_momentum",
-    "fold_bn",
     "get_norm",
     "momentum_from_decay",
     "normalize",
     "register_norm",
     "update_running_stats",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bnlab' has no attribute {name!r}")
+    # Importing bnlab.norm (not only the defining module) completes the registries.
+    importlib.import_module("bnlab.norm")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

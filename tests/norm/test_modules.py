@@ -5,6 +5,8 @@ backend, state_dict round trips, the decay argument, and each bad-input error.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -390,6 +392,8 @@ def test_large_offset_module_reference_is_robust(backend: str) -> None:
 
 
 def test_top_level_exports_and_batch_norm_types() -> None:
+    for name in bnlab.__all__:
+        assert getattr(bnlab, name) is not None, name
     assert bnlab.BatchNorm2d is BatchNorm2d
     assert isinstance(bnlab.BatchNorm1d(2), BATCH_NORM_TYPES)
     assert isinstance(nn.BatchNorm3d(2), BATCH_NORM_TYPES)
@@ -421,3 +425,10 @@ def test_half_module_half_input(backend: str, half: torch.dtype) -> None:
     torch.testing.assert_close(y.float(), ty.float(), rtol=tol, atol=tol)
     rm, trm = ours.running_mean.float(), theirs.running_mean.float()
     torch.testing.assert_close(rm, trm, rtol=tol, atol=tol)
+
+
+def test_import_bnlab_does_not_load_torch() -> None:
+    # The CLI imports bnlab; `bnlab --help` must not pay for torch (re-exports are lazy).
+    code = "import sys, bnlab; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
