@@ -17,6 +17,7 @@ __all__ = [
     "batch_norm",
     "batch_stats",
     "channel_shape",
+    "compute_dtype",
     "decay_from_momentum",
     "momentum_from_decay",
     "normalize",
