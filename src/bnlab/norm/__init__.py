@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
 from bnlab.norm.fold import fold_bn, fold_bn_weights
+from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
 from bnlab.norm.functional import (
     batch_norm,
     batch_stats,
@@ -18,9 +19,14 @@ from bnlab.norm.functional import (
     unbiased_var,
     update_running_stats,
 )
+from bnlab.norm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.norm.group import GroupNorm, InstanceNorm, LayerNorm
 from bnlab.norm.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.precise import PreciseStats, precise_bn
+from bnlab.norm.recurrent import RecurrentBatchNorm
 from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
 from bnlab.norm.registry import available_norms, get_norm, register_norm
+from bnlab.norm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
 
 __all__ = [
     "BATCH_NORM_TYPES",
@@ -28,6 +34,19 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormFunction",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "FrozenBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "PreciseStats",
+    "RecurrentBatchNorm",
+    "RenormSchedule",
     "available_backends",
     "available_norms",
     "batch_norm",
@@ -36,9 +55,11 @@ __all__ = [
     "decay_from_momentum",
     "fold_bn",
     "fold_bn_weights",
+    "freeze_bn",
     "get_norm",
     "momentum_from_decay",
     "normalize",
+    "precise_bn",
     "register_backend",
     "register_norm",
     "resolve_backend",
