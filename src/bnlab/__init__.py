@@ -26,9 +26,17 @@ _EXPORTS: dict[str, str] = {
     "available_norms": "bnlab.norm.registry",
     "get_norm": "bnlab.norm.registry",
     "register_norm": "bnlab.norm.registry",
+    "DoctorReport": "bnlab.norm.doctor",
+    "doctor": "bnlab.norm.doctor",
+    "FrozenBatchNorm": "bnlab.norm.frozen",
+    "freeze_bn": "bnlab.norm.frozen",
+    "PreciseStats": "bnlab.norm.precise",
+    "precise_bn": "bnlab.norm.precise",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bnlab.norm.doctor import DoctorReport, doctor
+    from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
     from bnlab.norm.functional import (
         batch_norm,
         batch_stats,
@@ -38,20 +46,27 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         update_running_stats,
     )
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+    from bnlab.norm.precise import PreciseStats, precise_bn
     from bnlab.norm.registry import available_norms, get_norm, register_norm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "DoctorReport",
+    "FrozenBatchNorm",
+    "PreciseStats",
     "__version__",
     "available_norms",
     "batch_norm",
     "batch_stats",
     "decay_from_momentum",
+    "doctor",
+    "freeze_bn",
     "get_norm",
     "momentum_from_decay",
     "normalize",
+    "precise_bn",
     "register_norm",
     "update_running_stats",
 ]

@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "bnlab.norm.doctor",
     "bnlab.norm.frozen",
     "bnlab.norm.ghost",
     "bnlab.norm.group",

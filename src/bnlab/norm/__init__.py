@@ -8,6 +8,7 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 from __future__ import annotations
 
 from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
+from bnlab.norm.doctor import DoctorReport, Finding, doctor
 from bnlab.norm.fold import fold_bn, fold_bn_weights
 from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
 from bnlab.norm.functional import (
@@ -37,6 +38,8 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "DoctorReport",
+    "Finding",
     "FrozenBatchNorm",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
@@ -53,6 +56,7 @@ __all__ = [
     "batch_norm_reference",
     "batch_stats",
     "decay_from_momentum",
+    "doctor",
     "fold_bn",
     "fold_bn_weights",
     "freeze_bn",
