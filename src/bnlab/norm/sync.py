@@ -1,0 +1,453 @@
+"""Synchronized batch norm over torch.distributed, on CPU (gloo) as well as GPU (NCCL).
+
+Batch statistics are merged exactly across the processes of a group, so k processes
+normalize as one process would on the concatenated batch; ``convert_sync_batchnorm``
+swaps the batch-norm layers of a model for this one. The math is in docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NoReturn
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from bnlab.errors import BnlabError
+from bnlab.norm import functional as F
+from bnlab.norm.modules import BATCH_NORM_TYPES, _BatchNorm
+from bnlab.norm.registry import register_norm
+
+__all__ = [
+    "DistributedError",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "merge_moments",
+    "sync_batch_norm",
+]
+
+
+class DistributedError(BnlabError, RuntimeError):
+    """A collective across processes failed: a peer died, stalled past the timeout, or the
+    ranks disagree (for example on the channel count). Raised on every surviving rank."""
+
+
+def _per_channel(v: Tensor, ndim: int) -> Tensor:
+    """View a (C,) vector so that it broadcasts along dim 1 of an ``ndim``-D tensor."""
+    return v.reshape(F.channel_shape(ndim, v.numel()))
+
+
+def merge_moments(counts: Tensor, means: Tensor, m2s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge per-part (count, mean, M2) into the moments of the union, exactly.
+
+    The k-way form of Chan, Golub & LeVeque's parallel update (1979): with ``n = Σ n_i``,
+    ``mean = Σ n_i mean_i / n`` and ``M2 = Σ M2_i + Σ n_i (mean_i - mean)²``, where
+    ``M2 = Σ (x - mean)²`` is the sum of squared deviations (so the biased variance is
+    ``M2 / n``). Unlike summing Σx and Σx² it does not cancel catastrophically when
+    ``|mean| >> std``. Parts with ``n_i = 0`` contribute nothing (their mean is ignored).
+
+    Args:
+        counts: ``(k,)`` element counts per part (may differ; zeros allowed).
+        means: ``(k, C)`` per-part means.
+        m2s: ``(k, C)`` per-part sums of squared deviations from the part's mean.
+
+    Returns:
+        ``(n, mean, m2)``: the total count (0-D), and ``(C,)`` mean and M2 of the union
+        (zeros where ``n == 0``).
+
+    Raises:
+        ValueError: shapes that do not line up.
+
+    >>> n, mean, m2 = merge_moments(
+    ...     torch.tensor([2.0, 1.0]), torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [0.0]])
+    ... )
+    >>> n.item(), mean.tolist(), m2.tolist()  # data 0, 2 | 4
+    (3.0, [2.0], [8.0])
+    """
+    if counts.dim() != 1 or means.dim() != 2 or means.shape != m2s.shape:
+        raise ValueError(
+            "expected counts (k,), means (k, C) and m2s (k, C); got "
+            f"{tuple(counts.shape)}, {tuple(means.shape)}, {tuple(m2s.shape)}"
+        )
+    if means.shape[0] != counts.shape[0]:
+        raise ValueError(f"got {counts.shape[0]} counts for {means.shape[0]} parts")
+    n = counts.sum()
+    w = counts.unsqueeze(1)
+    mean = (w * means).sum(0) / n.clamp(min=1)
+    m2 = m2s.sum(0) + (w * (means - mean) ** 2).sum(0)
+    return n, mean, m2
+
+
+def _world_size(group: dist.ProcessGroup | None) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return int(dist.get_world_size(group))
+
+
+def _collective_failed(what: str, group: dist.ProcessGroup | None, err: Exception) -> NoReturn:
+    raise DistributedError(
+        f"SyncBatchNorm: {what} across {_world_size(group)} processes failed: {err}\n"
+        "A peer process probably died, stalled past the process-group timeout, or skipped "
+        "this layer (every rank must run forward and backward of every SyncBatchNorm in "
+        "the same order, even with an empty batch)."
+    ) from err
+
+
+def _all_gather_rows(row: Tensor, world: int, group: dist.ProcessGroup | None) -> Tensor:
+    """Gather one 1-D row per rank into a ``(world, len(row))`` tensor (one collective)."""
+    out = row.new_empty(world * row.numel())
+    # all_gather_single replaces all_gather_into_tensor in recent torch; same semantics.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    try:
+        gather(out, row.contiguous(), group=group)
+    except RuntimeError as err:
+        _collective_failed("all-gather of batch statistics", group, err)
+    return out.view(world, row.numel())
+
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """Training-mode batch norm whose statistics span every process of a group.
+
+    Forward: local (count, mean, M2) per channel -> one all-gather -> exact merge ->
+    normalize with the global mean and biased variance. Backward: local Σdy and Σdy·x̂
+    -> one all-reduce -> the usual batch-norm input gradient with global sums.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        group: dist.ProcessGroup | None,
+        world: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        channels = x.shape[1]
+        local_n = x.numel() // channels if channels else 0
+        if local_n > 0:
+            # Local moments with the core's shifted, one-step-wider algorithm.
+            mean_l, var_l = F.batch_stats(x)
+            m2_l = var_l * local_n
+        else:  # an empty shard still takes part in the collective, with weight zero
+            mean_l = x.new_zeros(channels, dtype=F.stats_dtype(x.dtype))
+            m2_l = torch.zeros_like(mean_l)
+        # Pack (n, mean, M2) into one row so one all-gather carries everything. float64
+        # keeps the count exact past 2^24 values per channel and costs nothing: the row
+        # holds 2C + 1 numbers.
+        row = torch.cat([mean_l.new_full((1,), float(local_n)), mean_l, m2_l]).double()
+        rows = _all_gather_rows(row, world, group)
+        counts, means, m2s = rows[:, 0], rows[:, 1 : 1 + channels], rows[:, 1 + channels :]
+        n, mean64, m2 = merge_moments(counts, means, m2s)
+        total = int(n.item())
+        if total <= 1:
+            # Same rule as torch.nn.functional.batch_norm; every rank sees the same total,
+            # so all of them raise and none is left waiting in a collective.
+            raise ValueError(
+                "Expected more than 1 value per channel when training across "
+                f"{world} processes, got {total} (input shape on this rank {tuple(x.shape)})"
+            )
+        sdt = F.stats_dtype(x.dtype)
+        mean = mean64.to(sdt)
+        var = (m2 / n).to(sdt)
+        y = F.normalize(x, mean, var, weight, bias, eps)
+
+        ctx.save_for_backward(x, mean, var, *(() if weight is None else (weight,)))
+        ctx.eps = eps  # type: ignore[attr-defined]
+        ctx.group = group  # type: ignore[attr-defined]
+        ctx.total = total  # type: ignore[attr-defined]
+        ctx.bias_dtype = None if bias is None else bias.dtype  # type: ignore[attr-defined]
+        var_unbiased = (m2 / (n - 1)).to(sdt)  # Bessel's correction over all ranks' values
+        ctx.mark_non_differentiable(mean, var_unbiased)
+        return y, mean, var_unbiased
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, dy: Tensor, *_unused: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        x, mean, var, *maybe_weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        weight = maybe_weight[0] if maybe_weight else None
+        group = ctx.group  # type: ignore[attr-defined]
+        total: int = ctx.total  # type: ignore[attr-defined]
+        eps: float = ctx.eps  # type: ignore[attr-defined]
+        nd = x.dim()
+        dims = F.reduce_dims(nd)
+        cdt = F.compute_dtype(x.dtype)
+        dyc = dy.to(cdt)
+        xhat = F.normalize(x, mean, var, None, None, eps).to(cdt)
+        # The two per-channel sums are everything the input gradient needs from the other
+        # ranks; stacked, they cross the wire in a single all-reduce.
+        local = torch.stack([dyc.sum(dims), (dyc * xhat).sum(dims)])
+        sums = local.clone()
+        try:
+            dist.all_reduce(sums, group=group)
+        except RuntimeError as err:
+            _collective_failed("all-reduce of gradient sums", group, err)
+        # d x_i = gamma / sqrt(var + eps) * (dy_i - mean(dy) - xhat_i * mean(dy * xhat)),
+        # the means over all ranks' values (Ioffe & Szegedy 2015, section 3).
+        scale = torch.rsqrt(var + eps)
+        if weight is not None:
+            scale = scale * weight.to(scale.dtype)
+        mean_dy = _per_channel(sums[0] / total, nd)
+        mean_dy_xhat = _per_channel(sums[1] / total, nd)
+        dx = _per_channel(scale.to(cdt), nd) * (dyc - mean_dy - xhat * mean_dy_xhat)
+
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
+        # Parameter gradients stay local (this rank's share of Σdy·x̂ and Σdy): summed over
+        # ranks they are the single-process gradients, which is what DDP's all-reduce
+        # (an average) expects, exactly as for torch.nn.SyncBatchNorm.
+        bias_dtype = ctx.bias_dtype  # type: ignore[attr-defined]
+        grad_w = local[1].to(weight.dtype) if need_w and weight is not None else None
+        grad_b = local[0].to(bias_dtype) if need_b and bias_dtype is not None else None
+        return (dx.to(x.dtype) if need_x else None), grad_w, grad_b, None, None, None
+
+
+def sync_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    process_group: dist.ProcessGroup | None = None,
+) -> Tensor:
+    """Batch norm over dim 1 whose training statistics span all ranks of ``process_group``.
+
+    In training mode with more than one process, every rank's output is
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` where ``mean`` and the biased ``var``
+    are those of the concatenation of all ranks' inputs (per channel, over every dim but
+    1), and the running statistics, when given, move towards the global mean and the
+    unbiased global variance: ``running = (1 - momentum) * running + momentum * batch``
+    (PyTorch's convention; momentum is the weight of the new batch). Otherwise (eval mode,
+    no initialized process group, or a group of one) it is
+    :func:`bnlab.norm.functional.batch_norm`, which matches ``torch.nn.functional``'s.
+
+    Every rank must call it, in the same order as the others; a rank may pass an empty
+    batch (size 0 along dim 0). The input gradient accounts for all ranks; the weight
+    and bias gradients are this rank's share (their sum over ranks is the gradient of
+    the summed loss), which DDP averages like any other parameter gradient.
+
+    Args:
+        x: input ``(N, C, *)``, N may differ between ranks.
+        running_mean, running_var: ``(C,)`` buffers updated in place, or None.
+        weight, bias: ``(C,)`` affine parameters, or None.
+        training: use (and sync) batch statistics; False uses the running statistics.
+        momentum: weight of the new batch in the running-statistics update.
+        eps: added to the variance for numerical stability.
+        process_group: the group to synchronize over (default: the whole world).
+
+    Returns:
+        Tensor of the shape and dtype of ``x``.
+
+    Raises:
+        ValueError: fewer than 2 dims, or at most one value per channel across all ranks.
+        DistributedError: a collective failed (a peer died or timed out).
+    """
+    if x.dim() < 2:
+        raise ValueError(
+            f"expected an input of at least 2 dims (N, C, *), got shape {tuple(x.shape)}"
+        )
+    world = _world_size(process_group)
+    if not training or world == 1:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    y, mean, var_unbiased = _SyncBatchNormFn.apply(x, weight, bias, eps, process_group, world)
+    F.update_running_stats(running_mean, running_var, mean, var_unbiased, momentum)
+    return y
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch norm whose training statistics span every process of a torch.distributed group.
+
+    Drop-in for ``torch.nn.SyncBatchNorm`` (same constructor and ``state_dict`` keys)
+    that also runs on CPU tensors with the gloo backend. In training mode with k > 1
+    processes, each rank normalizes its shard with the mean and biased variance of the
+    concatenated batch of all ranks,
+
+    ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias``,
+
+    merged exactly from per-rank (count, mean, M2) with one all-gather (counts may
+    differ, a rank may have an empty batch); the backward pass all-reduces the two
+    per-channel sums Σdy and Σdy·x̂ in one collective. Running statistics follow
+    ``running = (1 - momentum) * running + momentum * batch`` with the unbiased global
+    variance (cumulative average when ``momentum`` is None), identically on every rank.
+    In eval mode, with no initialized process group, or in a group of one, it is plain
+    bnlab batch norm. Weight and bias gradients are this rank's share of the
+    single-process gradient; DistributedDataParallel averages them like any other.
+
+    Every rank must call every SyncBatchNorm layer, forward and backward, in the same
+    order; a rank that skips one (or dies) makes the others fail with
+    :class:`DistributedError` after the process group's timeout.
+
+    Args:
+        num_features: C, the channel count (dim 1 of the input).
+        eps: added to the variance before the square root (default 1e-5).
+        momentum: weight of the new batch in the running update (default 0.1), or None
+            for a cumulative moving average.
+        affine: learn per-channel ``weight`` (init 1) and ``bias`` (init 0).
+        track_running_stats: keep ``running_mean``/``running_var``/``num_batches_tracked``
+            and use them in eval mode.
+        process_group: the group to synchronize over (default: the whole world).
+        device, dtype: where and in what dtype parameters and buffers live.
+        bias: keyword-only; with ``affine``, False learns ``weight`` but no ``bias``.
+        decay: keyword-only, TF/Keras style (``momentum = 1 - decay``).
+        backend: keyword-only, the ``bnlab.norm.dispatch`` backend for the
+            unsynchronized path (eval mode, one process).
+
+    Shape:
+        input ``(N, C, *)`` with at least 2 dims; output the same. N may differ between
+        ranks, and be 0.
+
+    Raises:
+        ValueError: at call time, an input with fewer than 2 dims or a channel count
+            other than C, or at most one value per channel across all ranks in training.
+        DistributedError: a collective failed (a peer died, stalled or skipped the layer).
+
+    >>> bn = SyncBatchNorm(3)
+    >>> bn(torch.randn(8, 3, 4, 4)).shape  # no process group: plain batch norm
+    torch.Size([8, 3, 4, 4])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+        decay: float | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
+            decay=decay,
+            backend=backend,
+        )
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(
+                f"SyncBatchNorm expects input of at least 2 dims (N, C, *); got "
+                f"{input.dim()}-D input of shape {tuple(input.shape)}"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        world = _world_size(self.process_group)
+        # Synchronize in training mode only: eval without running statistics normalizes
+        # each rank by its own batch, as torch.nn.SyncBatchNorm does.
+        if not (self.training and world > 1):
+            return super().forward(input)
+        self._check_input(input)
+        # No per-rank "more than one value" check: a rank may hold 1 or 0 samples; the
+        # Function checks the total across ranks, and raises before any state changes.
+        y, mean, var_unbiased = _SyncBatchNormFn.apply(
+            input, self.weight, self.bias, self.eps, self.process_group, world
+        )
+        momentum = self._step_momentum()
+        if self.track_running_stats:
+            rm, rv = self.running_mean, self.running_var
+            F.update_running_stats(rm, rv, mean, var_unbiased, momentum)
+        return y
+
+
+def convert_sync_batchnorm(
+    module: nn.Module, process_group: dist.ProcessGroup | None = None
+) -> nn.Module:
+    """Return a copy of ``module`` with every batch-norm layer replaced by SyncBatchNorm.
+
+    Layers that are batch norm in the torch.nn sense (``torch.nn.BatchNorm1d/2d/3d``,
+    ``torch.nn.SyncBatchNorm``, bnlab's ``BatchNorm1d/2d/3d``; see
+    ``bnlab.norm.BATCH_NORM_TYPES``) become :class:`SyncBatchNorm` with the same
+    ``num_features``, ``eps``, ``momentum``, ``affine``, ``track_running_stats`` (and a
+    bnlab layer's ``backend``), the same parameter values and ``requires_grad``, the same
+    buffers (running statistics, ``num_batches_tracked``) and the same train/eval mode.
+    Existing SyncBatchNorm layers get ``process_group``. The input is not modified.
+
+    Args:
+        module: a model, or a single batch-norm layer.
+        process_group: the group the new layers synchronize over (default: whole world).
+
+    Returns:
+        The converted copy (a SyncBatchNorm if ``module`` itself is a batch-norm layer).
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    >>> type(convert_sync_batchnorm(net)[1]).__name__, type(net[1]).__name__
+    ('SyncBatchNorm', 'BatchNorm2d')
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module; got {type(module).__name__}")
+    return _convert(copy.deepcopy(module), process_group)
+
+
+def _convert(module: nn.Module, group: dist.ProcessGroup | None) -> nn.Module:
+    """Swap batch-norm layers in an already copied tree (in place; returns the root)."""
+    if isinstance(module, SyncBatchNorm):
+        module.process_group = group
+        return module
+    if isinstance(module, BATCH_NORM_TYPES):
+        return _to_sync(module, group)
+    for name, child in module.named_children():
+        new = _convert(child, group)
+        if new is not child:
+            module.add_module(name, new)
+    return module
+
+
+def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
+    """A SyncBatchNorm that takes over ``bn``'s configuration, parameters and buffers."""
+    ref = bn.weight if bn.weight is not None else bn.running_mean
+    new = SyncBatchNorm(
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        process_group=group,
+        device=None if ref is None else ref.device,
+        dtype=None if ref is None else ref.dtype,
+        bias=bn.bias is not None or not bn.affine,
+        backend=getattr(bn, "backend", "auto"),
+    )
+    # ``bn`` belongs to a private deep copy, so its tensors can be adopted, not copied.
+    if bn.affine:
+        new.weight = bn.weight
+        if bn.bias is not None:
+            new.bias = bn.bias
+    if bn.track_running_stats:
+        new.running_mean = bn.running_mean
+        new.running_var = bn.running_var
+        new.num_batches_tracked = bn.num_batches_tracked
+    new.train(bn.training)
+    if hasattr(bn, "qconfig"):
+        new.qconfig = bn.qconfig
+    return new
+
+
+def _sync_bn_factory(num_features: int, spatial_dims: int, **kwargs: Any) -> nn.Module:
+    del spatial_dims  # SyncBatchNorm accepts any (N, C, *) input
+    return SyncBatchNorm(num_features, **kwargs)
+
+
+register_norm(
+    "sync-bn",
+    _sync_bn_factory,
+    "bnlab batch norm with statistics synchronized across torch.distributed processes",
+)
