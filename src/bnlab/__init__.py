@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "freeze_bn": "bnlab.norm.frozen",
     "PreciseStats": "bnlab.norm.precise",
     "precise_bn": "bnlab.norm.precise",
+    "SyncBatchNorm": "bnlab.norm.sync",
+    "convert_sync_batchnorm": "bnlab.norm.sync",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.precise import PreciseStats, precise_bn
     from bnlab.norm.registry import available_norms, get_norm, register_norm
+    from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
@@ -56,10 +59,12 @@ __all__ = [
     "DoctorReport",
     "FrozenBatchNorm",
     "PreciseStats",
+    "SyncBatchNorm",
     "__version__",
     "available_norms",
     "batch_norm",
     "batch_stats",
+    "convert_sync_batchnorm",
     "decay_from_momentum",
     "doctor",
     "freeze_bn",

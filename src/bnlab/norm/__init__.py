@@ -28,6 +28,7 @@ from bnlab.norm.recurrent import RecurrentBatchNorm
 from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
 from bnlab.norm.registry import available_norms, get_norm, register_norm
 from bnlab.norm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
+from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BATCH_NORM_TYPES",
@@ -50,11 +51,13 @@ __all__ = [
     "PreciseStats",
     "RecurrentBatchNorm",
     "RenormSchedule",
+    "SyncBatchNorm",
     "available_backends",
     "available_norms",
     "batch_norm",
     "batch_norm_reference",
     "batch_stats",
+    "convert_sync_batchnorm",
     "decay_from_momentum",
     "doctor",
     "fold_bn",
