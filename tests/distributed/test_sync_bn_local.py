@@ -9,7 +9,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from bnlab.distributed import spawn
-from bnlab.norm import BatchNorm2d, get_norm
+from bnlab.norm import BatchNorm2d, BatchRenorm2d, GhostBatchNorm2d, get_norm
 from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm, merge_moments, sync_batch_norm
 
 
@@ -160,6 +160,13 @@ def test_convert_a_bare_layer_and_an_existing_sync_layer() -> None:
     assert converted.process_group is sentinel and sync.process_group is None
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         convert_sync_batchnorm("net")  # type: ignore[arg-type]
+
+
+def test_convert_leaves_variants_that_normalize_differently() -> None:
+    net = nn.Sequential(GhostBatchNorm2d(3, virtual_batch_size=2), BatchRenorm2d(3), BatchNorm2d(3))
+    out = convert_sync_batchnorm(net)
+    assert type(out[0]) is GhostBatchNorm2d and type(out[1]) is BatchRenorm2d
+    assert type(out[2]) is SyncBatchNorm
 
 
 def test_registry_builds_sync_bn() -> None:

@@ -17,7 +17,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
 from bnlab.norm import functional as F
-from bnlab.norm.modules import BATCH_NORM_TYPES, _BatchNorm
+from bnlab.norm.modules import _BatchNorm
 from bnlab.norm.registry import register_norm
 
 __all__ = [
@@ -373,13 +373,14 @@ def convert_sync_batchnorm(
 ) -> nn.Module:
     """Return a copy of ``module`` with every batch-norm layer replaced by SyncBatchNorm.
 
-    Layers that are batch norm in the torch.nn sense (``torch.nn.BatchNorm1d/2d/3d``,
-    ``torch.nn.SyncBatchNorm``, bnlab's ``BatchNorm1d/2d/3d``; see
-    ``bnlab.norm.BATCH_NORM_TYPES``) become :class:`SyncBatchNorm` with the same
+    Plain batch-norm layers (every ``torch.nn`` batch norm, bnlab's
+    ``BatchNorm1d/2d/3d``) become :class:`SyncBatchNorm` with the same
     ``num_features``, ``eps``, ``momentum``, ``affine``, ``track_running_stats`` (and a
     bnlab layer's ``backend``), the same parameter values and ``requires_grad``, the same
     buffers (running statistics, ``num_batches_tracked``) and the same train/eval mode.
-    Existing SyncBatchNorm layers get ``process_group``. The input is not modified.
+    Existing SyncBatchNorm layers get ``process_group``. Variants that normalize
+    differently (ghost batch norm, batch renorm, frozen batch norm) are left as they are.
+    The input is not modified.
 
     Args:
         module: a model, or a single batch-norm layer.
@@ -402,13 +403,29 @@ def _convert(module: nn.Module, group: dist.ProcessGroup | None) -> nn.Module:
     if isinstance(module, SyncBatchNorm):
         module.process_group = group
         return module
-    if isinstance(module, BATCH_NORM_TYPES):
+    if _is_plain_batch_norm(module):
         return _to_sync(module, group)
     for name, child in module.named_children():
         new = _convert(child, group)
         if new is not child:
             module.add_module(name, new)
     return module
+
+
+def _is_plain_batch_norm(module: nn.Module) -> bool:
+    """Batch norm whose normalization is the plain one, so SyncBatchNorm can replace it.
+
+    Every torch.nn batch norm qualifies (as in ``torch.nn.SyncBatchNorm``'s converter);
+    a bnlab batch-norm class qualifies when it keeps the base ``forward`` and
+    ``_batch_norm``. Variants that override them (ghost batches, batch renorm) normalize
+    differently, and swapping them for SyncBatchNorm would silently change the model.
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    if not isinstance(module, _BatchNorm):
+        return False
+    cls = type(module)
+    return cls.forward is _BatchNorm.forward and cls._batch_norm is _BatchNorm._batch_norm
 
 
 def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
