@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +154,70 @@ def test_bad_arguments() -> None:
         doctor("model", _data(4))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="tensor"):
         doctor(_mlp(), [[1.0, 2.0]])
+
+
+def test_every_demo_case_finds_exactly_its_bug() -> None:
+    from bnlab.norm.doctor import demo_cases
+
+    cases = demo_cases()
+    assert cases[0].expected == () and len(cases) == 7
+    for case in cases:
+        report = _diagnose(case.model, case.batch, **case.options)
+        assert tuple(report.codes()) == case.expected, (case.name, str(report))
+
+
+def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    from bnlab.cli.main import main
+
+    assert main(["doctor", "--demo"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("== ") == 7 and "healthy: no problems found" in out
+    assert main(["doctor"]) == 2  # neither a run directory nor --demo
+
+
+def _write_run(root: Path, data_dir: Path) -> Path:
+    """A deep-cnn run directory as ``bnlab run`` writes it: config.json and a checkpoint
+    whose model has precise statistics (the network is shrunk to 3 conv layers)."""
+    from bnlab.data import load_mnist
+    from bnlab.experiments import config_to_dict, get_experiment
+    from bnlab.experiments.deep_cnn import build_model
+    from bnlab.train.checkpoint import Checkpoint
+    from bnlab.train.rundir import RunDir
+
+    config = get_experiment("deep-cnn").config_for("bn", 0, overrides={"num_conv_layers": "3"})
+    model = build_model(config)
+    images = load_mnist(data_dir, progress=False).train.images
+    bnlab.precise_bn(model, images[:256].split(64))
+    run = RunDir(root / "deep-cnn" / "bn" / "seed-0")
+    resolved = {"experiment": "deep-cnn", "variant": "bn", "seed": 0, "quick": False}
+    run.write_json(RunDir.CONFIG, {**resolved, "config": config_to_dict(config)})
+    run.checkpoint_path("train").parent.mkdir(parents=True)
+    Checkpoint("train", 800, 800, model.state_dict(), {}, {}, {}).save(run.checkpoint_path("train"))
+    return run.path
+
+
+def test_cli_checks_a_trained_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bnlab.cli.main import main
+    from bnlab.data.synthetic import write_fake_mnist
+
+    data_dir = write_fake_mnist(tmp_path / "mnist", n_train=360, n_test=80)
+    run_dir = _write_run(tmp_path / "runs", data_dir)
+    code = main(["doctor", str(run_dir), "--data-dir", str(data_dir), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["name"] == "deep-cnn/bn/seed-0 (train checkpoint, step 800)"
+    assert len(report["batch_norm_layers"]) == 4  # 3 conv layers and the dense layer
+    assert report["batch_shape"] == [64, 1, 28, 28]
+    assert report["healthy"], report["findings"]  # precise statistics, eval mode, batch 64
+    assert code == 0
+    # A model whose statistics were never collected: the doctor says so, exit status 1.
+    state = torch.load(run_dir / "checkpoints" / "train.pt", weights_only=True)
+    for key in [k for k in state["model"] if k.endswith(("running_mean", "running_var"))]:
+        state["model"][key] = torch.zeros_like(state["model"][key]) + key.endswith("var")
+    for key in [k for k in state["model"] if k.endswith("num_batches_tracked")]:
+        state["model"][key].zero_()
+    torch.save(state, run_dir / "checkpoints" / "train.pt")
+    assert main(["doctor", str(run_dir), "--data-dir", str(data_dir)]) == 1
+    assert "stats-never-updated" in capsys.readouterr().out
+    assert main(["doctor", str(tmp_path)]) == 2  # not a run directory

@@ -17,7 +17,7 @@ from bnlab import __version__
 from bnlab.errors import BnlabError
 
 # Order is the order shown by ``bnlab --help``.
-COMMANDS: tuple[str, ...] = ("list", "run", "reproduce", "report", "data", "bench")
+COMMANDS: tuple[str, ...] = ("list", "run", "reproduce", "report", "data", "bench", "doctor")
 
 
 def _command_module(name: str) -> ModuleType:

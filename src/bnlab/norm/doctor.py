@@ -9,8 +9,10 @@ eval-mode outputs that collapse or explode. The model is never changed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import textwrap
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -22,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from bnlab.norm.functional import batch_stats
 from bnlab.norm.modules import BATCH_NORM_TYPES
 
-__all__ = ["CHECKS", "DoctorReport", "Finding", "doctor"]
+__all__ = ["CHECKS", "DemoCase", "DoctorReport", "Finding", "demo_cases", "doctor"]
 
 Severity = Literal["error", "warning"]
 
@@ -43,7 +45,7 @@ SINGLE_EXAMPLES = 8  # examples fed one at a time: enough to see a disagreement,
 AGREE_RTOL = 1e-4  # float32 forward passes of one vs many examples differ by rounding only
 MEAN_SHIFT = 3.0  # |batch mean - running mean| in running standard deviations (median)
 VAR_RATIO = 10.0  # batch var / running var beyond [1/10, 10] (median over channels)
-SPREAD_RATIO = 100.0  # eval vs train-mode output spread: collapse below 1/100, explode above
+SPREAD_RATIO = 10.0  # eval vs train-mode output spread: collapse below 1/10, explode above 10
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,10 @@ def _check_single_vs_batched(
     try:
         single = torch.cat([_first_tensor(run(model, x[i : i + 1])) for i in range(k)])
     except (ValueError, RuntimeError) as err:
-        failure = f"a single example fails: {str(err).splitlines()[0][:160]}"
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        failure = "a single example fails ({})".format(
+            text if len(text) < 200 else text[:197] + "..."
+        )
         single = None
     if single is not None:
         scale = float(batched.abs().max()) if batched.numel() else 0.0
@@ -504,3 +509,132 @@ def _check_eval_output(eval_out: Tensor, train_out: Tensor, has_bn: bool) -> lis
             fix,
         )
     ]
+
+
+# -- deliberately broken example models (``bnlab doctor --demo``, tests, docs) -----------
+
+
+@dataclass
+class DemoCase:
+    """A small model with one known batch-norm bug (or none), and the sample to check it on.
+
+    Attributes:
+        name: short id (``"train-mode"``, ...; ``"healthy"`` for the bug-free one).
+        description: the story of the bug in one sentence.
+        model, batch: what to pass to :func:`doctor`.
+        options: extra keyword arguments for :func:`doctor`.
+        expected: the finding codes :func:`doctor` must report (empty for healthy).
+    """
+
+    name: str
+    description: str
+    model: nn.Module
+    batch: Tensor
+    options: dict[str, Any]
+    expected: tuple[str, ...]
+
+
+def _demo_mlp(bias: bool = False, track: bool = True) -> nn.Sequential:
+    from bnlab.norm.modules import BatchNorm1d
+
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(20, 32, bias=bias),
+            bn1=BatchNorm1d(32, track_running_stats=track),
+            act1=nn.ReLU(),
+            fc2=nn.Linear(32, 32, bias=False),
+            bn2=BatchNorm1d(32, track_running_stats=track),
+            act2=nn.ReLU(),
+            out=nn.Linear(32, 4),
+        )
+    )
+
+
+def demo_cases(seed: int = 0) -> list[DemoCase]:
+    """Seven small MLPs (20 -> 32 -> 32 -> 4, two batch-norm layers) on synthetic data: one
+    healthy and one per bug. The running statistics of the "trained" ones are the precise
+    statistics of 8 batches of the data (the weights stay random: the checks are about
+    batch norm, not accuracy).
+
+    >>> [c.name for c in demo_cases()]  # doctest: +NORMALIZE_WHITESPACE
+    ['healthy', 'train-mode', 'batch-stats-at-inference', 'never-updated', 'bias-before-bn',
+     'small-batch', 'preprocessing-mismatch']
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def data(n: int, scale: float = 1.0) -> Tensor:
+        return (torch.randn(n, 20, generator=gen) * 2 + 1) * scale
+
+    def settled(model: nn.Module, scale: float = 1.0) -> nn.Module:
+        from bnlab.norm.precise import precise_bn
+
+        model.train()
+        with torch.no_grad():
+            model(data(64, scale))  # counts a batch, as training would
+        if any(getattr(m, "running_mean", None) is not None for m in model.modules()):
+            precise_bn(model, [data(64, scale) for _ in range(8)])
+        return model.eval()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        healthy = settled(_demo_mlp())
+        cases = [
+            DemoCase(
+                "healthy",
+                "running statistics settled on the data, eval mode, no bias before BN",
+                healthy,
+                data(64),
+                {},
+                (),
+            ),
+            DemoCase(
+                "train-mode",
+                "the healthy model, but model.eval() was forgotten before predicting",
+                copy.deepcopy(healthy).train(),
+                data(64),
+                {},
+                ("train-mode", "single-vs-batched"),
+            ),
+            DemoCase(
+                "batch-stats-at-inference",
+                "layers built with track_running_stats=False: eval mode still uses batch "
+                "statistics (the seed 001 pitfall)",
+                settled(_demo_mlp(track=False)),
+                data(64),
+                {},
+                ("single-vs-batched",),
+            ),
+            DemoCase(
+                "never-updated",
+                "a checkpoint loaded without its running statistics (they are still 0 and 1)",
+                _demo_mlp().eval(),
+                data(64),
+                {},
+                ("stats-never-updated",),
+            ),
+            DemoCase(
+                "bias-before-bn",
+                "nn.Linear(..., bias=True) right before batch norm",
+                settled(_demo_mlp(bias=True)),
+                data(64),
+                {},
+                ("bias-before-bn",),
+            ),
+            DemoCase(
+                "small-batch",
+                "the healthy model, trained with batches of 4",
+                healthy,
+                data(64),
+                {"train_batch_size": 4},
+                ("small-batch",),
+            ),
+            DemoCase(
+                "preprocessing-mismatch",
+                "statistics collected on inputs scaled to [0, 1], inference on raw [0, 255]",
+                settled(_demo_mlp(), scale=1 / 255),
+                data(64),
+                {},
+                ("stats-mismatch", "eval-output"),
+            ),
+        ]
+    return cases
