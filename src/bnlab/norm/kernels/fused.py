@@ -9,7 +9,9 @@ cover (CUDA, half precision, integer) go to the reference implementation instead
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,21 +62,40 @@ class Plan:
         shape: the 3-D (channel) or 2-D (rows) view the kernels see.
         rep: for ``"rows"``, how many channel groups one view row holds (``W = rep * C``
             channels-last) or values per channel group (``W = C * rep`` contiguous).
+        ndim: rank of the planned tensor.
     """
 
     schedule: str
     layout: str
     shape: tuple[int, ...]
     rep: int
+    ndim: int
 
     def view(self, t: Tensor) -> np.ndarray:
         """``t`` (same shape as the planned input) as the kernels' numpy array.
 
-        Copies only when ``t``'s memory layout differs from the plan's.
+        A view of ``t``'s memory when ``t`` has the plan's layout, else a copy in it.
         """
-        t = t.detach()
-        t = t.movedim(1, -1).contiguous() if self.layout == "channels_last" else t.contiguous()
-        return t.view(self.shape).numpy()
+        a = t.detach().numpy()
+        if self.layout == "channels_last":
+            # (N, C, *S) with C innermost in memory -> (N, *S, C): a C-contiguous view.
+            a = a.transpose(0, *range(2, self.ndim), 1)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        return a.reshape(self.shape)
+
+    def out_view(self, t: Tensor) -> np.ndarray:
+        """Like :meth:`view` for an output made by ``torch.empty_like(input)``: never a copy.
+
+        Raises:
+            RuntimeError: ``t`` does not have the plan's layout (a bug in the caller).
+        """
+        a = t.detach().numpy()
+        if self.layout == "channels_last":
+            a = a.transpose(0, *range(2, self.ndim), 1)
+        if not a.flags.c_contiguous:
+            raise RuntimeError(f"output strides {t.stride()} do not match the {self.layout} plan")
+        return a.reshape(self.shape)
 
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
         """For ``"rows"``: ``chan`` (each column's channel), ``first`` (a column per channel)."""
@@ -83,12 +104,11 @@ class Plan:
 
 @functools.lru_cache(maxsize=256)
 def _column_maps(layout: str, width: int, rep: int) -> tuple[np.ndarray, np.ndarray]:
+    num_channels = width // rep
     if layout == "channels_last":  # column j = (row group, channel j % C)
-        num_channels = width // rep
         chan = np.arange(width, dtype=np.int64) % num_channels
         first = np.arange(num_channels, dtype=np.int64)
     else:  # column j = (channel j // L, position j % L)
-        num_channels = width // rep
         chan = np.arange(width, dtype=np.int64) // rep
         first = np.arange(num_channels, dtype=np.int64) * rep
     chan.setflags(write=False)
@@ -98,29 +118,50 @@ def _column_maps(layout: str, width: int, rep: int) -> tuple[np.ndarray, np.ndar
 
 # numba's pool size, fixed at its first parallel launch (NUMBA_NUM_THREADS).
 _MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+# numba's thread count is per calling thread; remember what was set in each.
+_thread_state = threading.local()
 
 
 def _threads() -> int:
-    """Kernel threads: torch's setting (so ``torch.set_num_threads`` governs both)."""
-    n = max(1, min(torch.get_num_threads(), _MAX_THREADS))
-    numba.set_num_threads(n)
+    """Kernel threads: torch's setting, so ``torch.set_num_threads`` governs both.
+
+    ``numba.set_num_threads`` costs microseconds, so it is called only on a change.
+    """
+    n = min(torch.get_num_threads(), _MAX_THREADS)
+    if getattr(_thread_state, "threads", None) != n:
+        numba.set_num_threads(n)
+        _thread_state.threads = n
     return n
+
+
+_PLANS: dict[tuple[Any, ...], Plan] = {}
 
 
 def plan_for(input: Tensor, threads: int | None = None) -> Plan:
     """The kernel schedule and view for ``input`` (``(N, C, *)``, any memory format).
 
     A tensor that is neither contiguous nor channels-last is planned as contiguous (and
-    copied by :meth:`Plan.view`).
+    copied by :meth:`Plan.view`). Plans are cached by shape, strides and thread count.
 
     >>> plan_for(torch.empty(64, 64, 56, 56)).schedule
     'channel'
     >>> plan_for(torch.empty(64, 64, 56, 56).to(memory_format=torch.channels_last)).schedule
     'rows'
     """
-    n, c = input.shape[0], input.shape[1]
-    length = input.numel() // max(1, n * c)
     tasks = threads if threads is not None else max(1, torch.get_num_threads())
+    key = (input.shape, input.stride(), tasks)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(input, tasks)
+        if len(_PLANS) > 1024:  # shapes keep changing: start over rather than grow
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(input: Tensor, tasks: int) -> Plan:
+    n, c, ndim = input.shape[0], input.shape[1], input.dim()
+    length = input.numel() // max(1, n * c)
     if not input.is_contiguous() and input.movedim(1, -1).is_contiguous():
         rows = n * length
         rep = 1
@@ -128,18 +169,27 @@ def plan_for(input: Tensor, threads: int | None = None) -> Plan:
             if rows % k == 0:
                 rep = k
                 break
-        return Plan("rows", "channels_last", (rows // rep, rep * c), rep)
+        return Plan("rows", "channels_last", (rows // rep, rep * c), rep, ndim)
     balanced = c % tasks == 0 or c >= 4 * tasks
     if length >= _MIN_CHANNEL_ROW and (balanced or c * length > _MAX_ROW_WIDTH):
-        return Plan("channel", "contiguous", (n, c, length), length)
-    return Plan("rows", "contiguous", (n, c * length), length)
+        return Plan("channel", "contiguous", (n, c, length), length, ndim)
+    return Plan("rows", "contiguous", (n, c * length), length, ndim)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(num_channels: int, fill: float, dtype: torch.dtype) -> np.ndarray:
+    a = np.full(num_channels, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    a.setflags(write=False)
+    return a
 
 
 def _np_param(t: Tensor | None, num_channels: int, fill: float, dtype: torch.dtype) -> np.ndarray:
     """A ``(C,)`` parameter as a contiguous numpy array of ``dtype`` (``fill`` if None)."""
     if t is None:
-        return np.full(num_channels, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-    return t.detach().to(dtype).contiguous().numpy()
+        return _constant(num_channels, fill, dtype)
+    if t.dtype != dtype or not t.is_contiguous():
+        t = t.to(dtype).contiguous()
+    return t.detach().numpy()
 
 
 _EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in SUPPORTED_DTYPES}
@@ -197,7 +247,7 @@ class FusedBatchNormFunction(torch.autograd.Function):
         y = torch.empty_like(x)
         mean = np.empty(num_channels)
         invstd = np.empty(num_channels)
-        xv, yv = plan.view(x), plan.view(y)
+        xv, yv = plan.view(x), plan.out_view(y)
         if training:
             rm, rv, write_back = _running_arrays(running_mean, running_var, x.dtype)
             if plan.schedule == "channel":
@@ -207,19 +257,20 @@ class FusedBatchNormFunction(torch.autograd.Function):
                 K.rows_forward_train(
                     xv, chan, first, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum, threads
                 )
-            write_back()
+            if write_back is not None:
+                write_back()
         else:
             if running_mean is None or running_var is None:
                 raise ValueError("eval mode needs running_mean and running_var")
-            rm = running_mean.detach().to(torch.float64).numpy()
-            rv = running_var.detach().to(torch.float64).numpy()
+            rm = _np_param(running_mean, num_channels, 0.0, x.dtype)
+            rv = _np_param(running_var, num_channels, 1.0, x.dtype)
             if plan.schedule == "channel":
                 K.channel_forward_eval(xv, w, b, eps, relu, yv, rm, rv, mean, invstd)
             else:
                 chan, _first = plan.columns()
                 K.rows_forward_eval(xv, chan, w, b, eps, relu, yv, rm, rv, mean, invstd, threads)
         ctx.save_for_backward(x, weight, bias)
-        ctx.stats = (torch.from_numpy(mean), torch.from_numpy(invstd))
+        ctx.stats = (mean, invstd)
         ctx.plan = plan
         ctx.training = training
         ctx.relu = relu
@@ -249,20 +300,21 @@ class FusedBatchNormFunction(torch.autograd.Function):
 
 def _running_arrays(
     running_mean: Tensor | None, running_var: Tensor | None, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray, Any]:
+) -> tuple[np.ndarray, np.ndarray, Callable[[], None] | None]:
     """The running buffers as numpy arrays the kernel updates in place, and a write-back.
 
     Buffers that are not contiguous in ``dtype`` are updated through a copy, written back
-    by the returned callable (a no-op otherwise). None gives empty arrays (no update).
+    by the returned callable (None when the kernel writes the buffers directly). None
+    buffers give empty arrays (no update).
     """
     if running_mean is None or running_var is None:
-        return _EMPTY[dtype], _EMPTY[dtype], lambda: None
+        return _EMPTY[dtype], _EMPTY[dtype], None
     direct = all(
         t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
         for t in (running_mean, running_var)
     )
     if direct:
-        return running_mean.detach().numpy(), running_var.detach().numpy(), lambda: None
+        return running_mean.detach().numpy(), running_var.detach().numpy(), None
     rm = running_mean.detach().to("cpu", dtype).contiguous().clone()
     rv = running_var.detach().to("cpu", dtype).contiguous().clone()
 
@@ -284,11 +336,11 @@ def _fused_backward(
     num_channels = x.shape[1]
     w = _np_param(weight, num_channels, 1.0, x.dtype)
     b = _np_param(bias, num_channels, 0.0, x.dtype)
-    mean, invstd = (s.numpy() for s in ctx.stats)
+    mean, invstd = ctx.stats
     xv = plan.view(x)
-    dyv = plan.view(dy.to(x.dtype))
+    dyv = plan.view(dy if dy.dtype == x.dtype else dy.to(x.dtype))
     dx = torch.empty_like(x) if need_dx else None
-    dxv = plan.view(dx) if dx is not None else xv  # never written when need_dx is False
+    dxv = plan.out_view(dx) if dx is not None else xv  # never written when need_dx is False
     sum_g = np.empty(num_channels)
     sum_gxhat = np.empty(num_channels)
     args = (w, b, mean, invstd, ctx.training, ctx.relu, need_dx, dxv, sum_g, sum_gxhat)
@@ -318,8 +370,9 @@ def _differentiable_backward(
         if ctx.training:
             mean, var = batch_stats(x)
         else:
-            mean_t, invstd_t = ctx.stats
-            mean, var = mean_t, invstd_t.pow(-2) - ctx.eps
+            mean_np, invstd_np = ctx.stats
+            mean = torch.from_numpy(mean_np)
+            var = torch.from_numpy(invstd_np).pow(-2) - ctx.eps
         y = normalize(x, mean, var, weight, bias, ctx.eps)
         if ctx.relu:
             y = torch.relu(y)
