@@ -66,7 +66,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="variant to run (repeat or comma-separate; default: all)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="FIELD=VALUE",
+        help="change a config field for these runs, e.g. --set learning_rate=0.01 (repeatable; "
+        "fields: bnlab list EXPERIMENT). Use a separate --out: the run directories are named "
+        "by variant and seed only",
+    )
     add_common_arguments(parser, default_seeds=1)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``.
+
+    Raises:
+        BnlabError: an item without ``=``.
+    """
+    from bnlab.errors import BnlabError
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BnlabError(f"--set expects FIELD=VALUE; got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def out_dir(args: argparse.Namespace) -> Path:
@@ -120,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         progress=not args.no_progress,
         restart=args.restart,
+        overrides=parse_overrides(args.set),
     )
     print(summary_text(spec, out, variants))
     print(f"\nrun directories: {out / spec.name}; report: bnlab report {out}")

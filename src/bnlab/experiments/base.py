@@ -20,7 +20,7 @@ from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Curve, Metric
 from bnlab.train.rundir import RunDir
 
-__all__ = ["ExperimentSpec", "RunContext", "Variant", "config_to_dict"]
+__all__ = ["ExperimentSpec", "RunContext", "Variant", "apply_overrides", "config_to_dict"]
 
 C = TypeVar("C")
 D = TypeVar("D")
@@ -74,6 +74,53 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             f"an experiment config must be a dataclass instance; got {type(config).__name__}"
         )
     return dict(json.loads(json.dumps(dataclasses.asdict(config))))
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse(field: str, text: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"config field {field!r} is a bool; expected true or false, got {text!r}")
+    for kind in (int, float):
+        if isinstance(current, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(
+                    f"config field {field!r} is {kind.__name__}; got {text!r}"
+                ) from None
+    if current is None or isinstance(current, str):
+        return text
+    raise ValueError(
+        f"config field {field!r} of type {type(current).__name__} cannot be set from text"
+    )
+
+
+def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
+    """Return ``config`` with fields replaced by ``overrides`` (``{"learning_rate": "0.01"}``).
+
+    Each text value is converted to the type of the field's current value (int, float,
+    bool, str); the config's own validation then runs again.
+
+    Raises:
+        UnknownNameError: a name that is not a field of the config (the valid ones listed).
+        ValueError: a value that does not convert, or that the config rejects.
+    """
+    if not overrides:
+        return config
+    names = tuple(f.name for f in dataclasses.fields(config))  # type: ignore[arg-type]
+    changes = {}
+    for key, text in overrides.items():
+        if key not in names:
+            raise UnknownNameError(f"field of {type(config).__name__}", key, names)
+        changes[key] = _parse(key, text, getattr(config, key))
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
@@ -151,7 +198,17 @@ class ExperimentSpec(Generic[C, D]):
             raise UnknownNameError(f"variant of {self.name}", name, tuple(self.variants))
         return self.variants[name]
 
-    def config_for(self, variant: str, seed: int, *, quick: bool = False) -> C:
-        """The resolved config of one run: the variant's config with ``seed`` (and quick sizes)."""
+    def config_for(
+        self,
+        variant: str,
+        seed: int,
+        *,
+        quick: bool = False,
+        overrides: Mapping[str, str] | None = None,
+    ) -> C:
+        """The resolved config of one run: the variant's config with ``seed``, then the quick
+        sizes (if ``quick``), then ``overrides`` (see :func:`apply_overrides`)."""
         config = dataclasses.replace(self.get_variant(variant).config, seed=seed)  # type: ignore[type-var]
-        return self.quick(config) if quick else config
+        if quick:
+            config = self.quick(config)
+        return apply_overrides(config, overrides or {})

@@ -24,6 +24,7 @@ from bnlab.report.claims import describe, every_run, every_run_at_step
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Claim, Curve, Metric, Verdict
 from bnlab.train import Hook, HookContext, Trainer, evaluate, every
+from bnlab.train import distributed as data_parallel
 from bnlab.train.evaluate import predict, predict_one_at_a_time
 
 __all__ = ["SPEC", "DeepCNNConfig", "build_model", "run"]
@@ -118,10 +119,14 @@ def run(config: DeepCNNConfig, data: Any, ctx: RunContext) -> dict[str, float]:
     """
     torch.manual_seed(config.seed)
     model = build_model(config, image_size=data.train.images.shape[-1])
+    # Under torchrun: DDP (+ SyncBatchNorm with --sync-bn) around `model`, which stays the
+    # network to evaluate; one process: `model` itself. Before the optimizer (new BN params).
+    dp = data_parallel.current()
+    train_model = dp.wrap(model)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_eps
     )
-    batches = TrainBatches(data.train, config.batch_size, seed=config.seed)
+    batches = dp.shard(TrainBatches(data.train, config.batch_size, seed=config.seed))
     val, test = data.validation, data.test
 
     def validation() -> dict[str, float]:
@@ -135,7 +140,7 @@ def run(config: DeepCNNConfig, data: Any, ctx: RunContext) -> dict[str, float]:
         )
 
     trainer = Trainer(
-        model,
+        train_model,
         optimizer,
         sigmoid_cross_entropy,
         batches,

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ def run_one(
     quick: bool = False,
     progress: bool = False,
     restart: bool = False,
+    overrides: Mapping[str, str] | None = None,
     is_main: bool = True,
     log: Log = _stderr,
 ) -> RunOutcome:
@@ -140,7 +141,7 @@ def run_one(
             false.
         Exception: whatever the experiment raised (after ``failed.json`` was written).
     """
-    config = spec.config_for(variant, seed, quick=quick)
+    config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
     run = RunDir(Path(out_dir) / spec.name / variant / f"seed-{seed}")
     resolved = _resolved(spec, variant, seed, config, quick)
     t0 = time.perf_counter()
@@ -215,6 +216,7 @@ def run_experiment(
     progress: bool | None = None,
     restart: bool = False,
     keep_going: bool = False,
+    overrides: Mapping[str, str] | None = None,
     is_main: bool = True,
     log: Log = _stderr,
 ) -> list[RunOutcome]:
@@ -227,6 +229,8 @@ def run_experiment(
         progress: progress bars (``None``/``True``: when stderr is a terminal).
         restart: discard existing run directories of these runs and train again.
         keep_going: record a failed run and go on with the next (otherwise re-raise).
+        overrides: config fields to change, as text (``{"num_batches": "2000"}``).
+        is_main: whether this process writes files (rank 0 under data-parallel training).
 
     Returns:
         One :class:`RunOutcome` per (variant, seed), variants outer, seeds inner.
@@ -238,7 +242,8 @@ def run_experiment(
     """
     names = list(variants) if variants else list(spec.variant_names())
     for name in names:
-        spec.get_variant(name)  # unknown names fail before anything runs
+        # Unknown variants or override fields fail before anything runs.
+        spec.config_for(name, 0, quick=quick, overrides=overrides)
     seeds_ = seed_list(seeds)
     show = progress_enabled(progress)
     exp_dir = Path(out_dir) / spec.name
@@ -273,6 +278,7 @@ def run_experiment(
                     quick=quick,
                     progress=show,
                     restart=restart,
+                    overrides=overrides,
                     is_main=is_main,
                     log=log,
                 )

@@ -1,0 +1,669 @@
+"""Experiment ``sigmoid-mlp`` (seed 001, Ioffe & Szegedy Fig. 1): a 784-100-100-10 sigmoid MLP
+with and without batch norm from identical N(0, 1) weights on identical batches; then the
+single-example pitfall of batch statistics at inference, and its fix with population
+statistics (EMA), a saved checkpoint and a network rebuilt in inference mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure as MplFigure
+from torch import Tensor
+
+from bnlab.data import TrainBatches, load_mnist
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.models.mlp import SigmoidMLP
+from bnlab.report.claims import describe, every_run
+from bnlab.report.plots import PALETTE, png_bytes
+from bnlab.report.results import ExperimentResults, RunRecord
+from bnlab.report.spec import Block, Claim, Curve, Figure, Metric, Paragraph, Table, Verdict
+from bnlab.train import Hook, Trainer, every, predict_one_at_a_time
+from bnlab.train.evaluate import eval_mode
+from bnlab.train.io import torch_save_atomic
+
+__all__ = [
+    "SPEC",
+    "SigmoidMLPConfig",
+    "build_model",
+    "probe_statistics",
+    "run",
+    "summed_cross_entropy",
+]
+
+#: Test-set record tag: accuracy and sigmoid-input statistics every ``eval_every`` steps.
+TEST_TAG = "test"
+
+
+@dataclass(frozen=True)
+class SigmoidMLPConfig:
+    """One run of seed 001. Defaults: the seed's first BN-free network, 40,000 steps."""
+
+    seed: int = 0  # fixes the predetermined weights and the batch order (same for all variants)
+    # -- network --
+    norm: str = "none"  # "none", "batch" (seed part 1 BN), "population" (batch_norm_wrapper)
+    hidden: tuple[int, ...] = (100, 100)  # two hidden sigmoid layers of 100
+    output_bias: bool = True  # b3; the seed's rebuilt (part 2) net declares b3 but never adds it
+    weight_std: float = 1.0  # predetermined weights ~ N(0, 1) (np.random.normal)
+    bn_eps: float = 1e-3  # the seed's epsilon
+    pop_decay: float = 0.999  # batch_norm_wrapper's EMA decay ("closer to 1 if more data")
+    # -- training --
+    learning_rate: float = 0.01  # tf.train.GradientDescentOptimizer(0.01)
+    batch_size: int = 60  # mnist.train.next_batch(60)
+    num_steps: int = 40_000  # range(40000); part 2 trains 10,000
+    # -- measurements --
+    eval_every: int = 50  # if i % 50 is 0: the full 10,000-image test set
+    probe_neurons: int = 5  # the first 5 neurons of layer 2 (the seed's 5x2 grid)
+    percentiles: tuple[float, ...] = (15.0, 50.0, 85.0)  # BN2015 Fig. 1(b, c)
+    single_image_count: int = 100  # the first 100 test images, one at a time
+    eval_updates_population: bool = False  # the seed's part-2 evaluation also moved the EMA
+    # -- engine --
+    num_threads: int = 1  # intra-op threads; one is faster for these tiny steps
+    checkpoint_every: int = 2000  # steps between checkpoints (resume point)
+    log_every: int = 50  # steps between metric writes (one host sync per chunk)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "batch_size",
+            "num_steps",
+            "eval_every",
+            "probe_neurons",
+            "single_image_count",
+            "num_threads",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SigmoidMLPConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if len(self.hidden) < 2:
+            raise ValueError(
+                f"SigmoidMLPConfig.hidden needs at least 2 layers (layer 2 is probed); "
+                f"got {self.hidden}"
+            )
+        if self.probe_neurons > self.hidden[1]:
+            raise ValueError(
+                f"SigmoidMLPConfig.probe_neurons must be <= the layer-2 width {self.hidden[1]}; "
+                f"got {self.probe_neurons}"
+            )
+        if not all(0.0 <= p <= 100.0 for p in self.percentiles):
+            raise ValueError(f"percentiles must lie in [0, 100]; got {self.percentiles}")
+
+
+def build_model(
+    config: SigmoidMLPConfig, input_dim: int = 784, num_classes: int = 10
+) -> SigmoidMLP:
+    """The network of ``config``, from the predetermined weights of ``config.seed``."""
+    return SigmoidMLP(
+        config.norm,
+        weight_seed=config.seed,
+        sizes=(input_dim, *config.hidden, num_classes),
+        output_bias=config.output_bias,
+        eps=config.bn_eps,
+        decay=config.pop_decay,
+        weight_std=config.weight_std,
+        probe_layer=2,
+    )
+
+
+def summed_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The seed's loss: ``-reduce_sum(y_ * log(softmax(logits)))``, summed over the batch.
+
+    Computed from ``log_softmax`` (the seed's ``log(softmax)`` can reach ``log(0)``); the
+    value and gradient are the same wherever the seed's are finite.
+    """
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def probe_statistics(probe: Tensor, neurons: int, percentiles: Sequence[float]) -> dict[str, float]:
+    """Mean and percentiles over examples of the first ``neurons`` columns of ``probe``.
+
+    Returns ``{"z_mean_i": ..., "z_p15_i": ..., ...}`` for ``i < neurons`` (the seed's
+    ``np.mean(z2, axis=0)[:5]`` and BN2015 Fig. 1's 15/50/85th percentiles).
+
+    >>> stats = probe_statistics(torch.arange(10.0).reshape(10, 1), 1, (50.0,))
+    >>> stats["z_mean_0"], stats["z_p50_0"]
+    (4.5, 4.5)
+    """
+    z = probe[:, :neurons].double()
+    out: dict[str, float] = {}
+    means = z.mean(dim=0).tolist()
+    q = torch.tensor([p / 100.0 for p in percentiles], dtype=z.dtype)
+    quantiles = torch.quantile(z, q, dim=0).tolist() if percentiles else []
+    for i in range(neurons):
+        out[f"z_mean_{i}"] = means[i]
+        for p, row in zip(percentiles, quantiles, strict=True):
+            out[f"z_p{p:g}_{i}"] = row[i]
+    return out
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
+
+    The MNIST MLPs take tens of thousands of steps on (60, 784) batches; on two shared
+    cores one thread avoids the OpenMP hand-off that costs more than the arithmetic.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _population_frozen(model: torch.nn.Module, freeze: bool) -> Iterator[None]:
+    """Restore every ``pop_*`` buffer on exit when ``freeze`` (an evaluation, no side effect)."""
+    saved = (
+        {name: buf.clone() for name, buf in model.named_buffers() if "pop_" in name}
+        if freeze
+        else {}
+    )
+    try:
+        yield
+    finally:
+        if saved:
+            buffers = dict(model.named_buffers())
+            with torch.no_grad():
+                for name, value in saved.items():
+                    buffers[name].copy_(value)
+
+
+def load_data(data_dir: Path | None, progress: bool) -> Any:
+    """MNIST with TF's split (55,000 / 5,000 / 10,000), or any MNIST-format directory."""
+    return load_mnist(data_dir, progress=progress)
+
+
+def run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
+    """Train one seed of one variant as the seed does; return the final metrics.
+
+    Every ``eval_every`` batches (``i % 50 == 0``, after the step) logs a ``test`` record:
+    the accuracy on the whole test set computed as the seed's training graph does (batch
+    statistics of the 10,000 test images for the BN nets), its mean loss, and the mean and
+    percentiles of the layer-2 sigmoid inputs of the first ``probe_neurons`` neurons.
+
+    Then, by ``norm``: ``"batch"`` feeds the first ``single_image_count`` test images one at
+    a time (batch statistics of one example: the pitfall); ``"population"`` saves the
+    trained weights and population statistics, rebuilds the network in inference mode,
+    restores them, and measures single-example and whole-test-set accuracy with population
+    statistics.
+    """
+    with threads(config.num_threads):
+        return _run(config, data, ctx)
+
+
+def _run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
+    test = data.test
+    test_x, test_y = test.flat(), test.labels
+    input_dim, num_classes = test_x.shape[1], data.num_classes
+    model = build_model(config, input_dim, num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    batches = TrainBatches(data.train, config.batch_size, seed=config.seed)
+
+    def measure_test() -> dict[str, float]:
+        # The seed evaluates with its training graph: batch statistics of the test set
+        # (its first BN net has no others), gradients off.
+        freeze = not config.eval_updates_population
+        with _population_frozen(model, freeze), torch.no_grad():
+            model.train()
+            logits, probe = model.forward_with_probe(test_x)
+        values = {
+            "accuracy": (logits.argmax(dim=1) == test_y).double().mean().item(),
+            "loss": F.cross_entropy(logits, test_y).item(),
+        }
+        values.update(probe_statistics(probe, config.probe_neurons, config.percentiles))
+        return values
+
+    trainer = Trainer(
+        model,
+        optimizer,
+        summed_cross_entropy,
+        batches,
+        config.num_steps,
+        run=ctx.run,
+        hooks=(Hook(TEST_TAG, lambda _h: measure_test(), every(config.eval_every)),),
+        checkpoint_every=config.checkpoint_every,
+        log_every=config.log_every,
+        progress=ctx.progress,
+        desc=ctx.desc,
+        is_main=ctx.is_main,
+    )
+    fit = trainer.fit()
+    final = measure_test()
+    trainer.metrics.append({"phase": "train", "tag": "final", "step": config.num_steps, **final})
+    trainer.metrics.flush()
+
+    metrics: dict[str, float] = {
+        "test_accuracy": final["accuracy"],
+        "test_loss": final["loss"],
+        "train_time_s": fit.elapsed_s,
+    }
+
+    n = min(config.single_image_count, len(test))
+    images, labels = test_x[:n], test_y[:n]
+    if config.norm == "batch":
+        # The pitfall: this network has only batch statistics, so one example at a time
+        # normalizes every layer-1 and layer-2 input to 0 and the output is constant.
+        predictions = predict_one_at_a_time(model, images)
+        metrics.update(_single_image_metrics(predictions, labels, "single_image"))
+        _write_predictions(ctx, labels, predictions, "batch statistics, one at a time")
+    elif config.norm == "population":
+        metrics.update(_restore_and_infer(config, model, ctx, test_x, test_y, n, num_classes))
+    return metrics
+
+
+def _single_image_metrics(predictions: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
+    counts = torch.bincount(predictions, minlength=1)
+    return {
+        f"{prefix}_accuracy": (predictions == labels).double().mean().item(),
+        f"{prefix}_distinct_classes": float(len(torch.unique(predictions))),
+        f"{prefix}_majority_class": float(int(counts.argmax())),
+        f"{prefix}_majority_share": float(counts.max()) / max(1, len(predictions)),
+    }
+
+
+def _write_predictions(ctx: RunContext, labels: Tensor, predictions: Tensor, how: str) -> None:
+    if ctx.is_main:
+        ctx.run.write_artefact(
+            "first_test_predictions.json",
+            json.dumps(
+                {"how": how, "labels": labels.tolist(), "predictions": predictions.tolist()}
+            ).encode(),
+        )
+
+
+def _restore_and_infer(
+    config: SigmoidMLPConfig,
+    trained: SigmoidMLP,
+    ctx: RunContext,
+    test_x: Tensor,
+    test_y: Tensor,
+    n: int,
+    num_classes: int,
+) -> dict[str, float]:
+    """The seed's part 2 ending: save, rebuild with ``is_training=False``, restore, predict."""
+    if ctx.is_main:
+        path = ctx.run.artefacts / "model.pt"  # the seed's saver.save(sess, 'temp-bn-save')
+        torch_save_atomic(trained.state_dict(), path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = trained.state_dict()
+    # build_graph(is_training=False): a fresh network in inference mode, whose every
+    # variable (weights, gamma, beta, population statistics) is then restored.
+    model = build_model(config, test_x.shape[1], num_classes)
+    model.eval()
+    model.load_state_dict(state)
+    predictions = predict_one_at_a_time(model, test_x[:n])
+    _write_predictions(ctx, test_y[:n], predictions, "population statistics, one at a time")
+    with eval_mode(model), torch.inference_mode():
+        logits = model(test_x)
+    out = _single_image_metrics(predictions, test_y[:n], "single_image")
+    out["inference_test_accuracy"] = (logits.argmax(dim=1) == test_y).double().mean().item()
+    out["inference_test_loss"] = F.cross_entropy(logits, test_y).item()
+    return out
+
+
+def quick(config: SigmoidMLPConfig) -> SigmoidMLPConfig:
+    """Tiny sizes for ``--quick``: 120 steps, measured every 20, 10 single images."""
+    return dataclasses.replace(
+        config,
+        num_steps=120,
+        eval_every=20,
+        single_image_count=10,
+        checkpoint_every=60,
+        log_every=20,
+    )
+
+
+# -- variants ---------------------------------------------------------------------------
+_BASE = SigmoidMLPConfig()
+VARIANTS: dict[str, Variant[SigmoidMLPConfig]] = {
+    "no-bn": Variant(_BASE, "no batch norm: z = hW + b into each sigmoid; 40,000 steps"),
+    "bn": Variant(
+        dataclasses.replace(_BASE, norm="batch"),
+        "batch norm with batch statistics only (the seed's first BN net): BN(hW) into each "
+        "sigmoid; 40,000 steps; then the first 100 test images one at a time",
+    ),
+    "bn-population": Variant(
+        dataclasses.replace(_BASE, norm="population", output_bias=False, num_steps=10_000),
+        "the seed's batch_norm_wrapper: population statistics by EMA (decay 0.999); 10,000 "
+        "steps; saved, rebuilt in inference mode, restored; first 100 test images one at a time",
+    ),
+}
+
+
+# -- report -----------------------------------------------------------------------------
+def _accuracy_series(run: RunRecord) -> dict[int, float]:
+    return run.series(TEST_TAG, "accuracy")
+
+
+def _paired(results: ExperimentResults, a: str, b: str) -> list[tuple[RunRecord, RunRecord]]:
+    """Finished runs of variants ``a`` and ``b`` with the same seed (same weights, batches)."""
+    other = {run.seed: run for run in results.complete(b)}
+    return [(run, other[run.seed]) for run in results.complete(a) if run.seed in other]
+
+
+def _bn_above_check(results: ExperimentResults) -> Verdict:
+    """Per seed: BN accuracy >= no-BN accuracy at >= 95% of the logged steps, and at the end."""
+    pairs = _paired(results, "bn", "no-bn")
+    if not pairs:
+        return Verdict("no seed with both bn and no-bn finished", None)
+    shares: list[float] = []
+    finals: list[tuple[float, float]] = []
+    for bn, plain in pairs:
+        a, b = _accuracy_series(bn), _accuracy_series(plain)
+        steps = sorted(set(a) & set(b))
+        if not steps:
+            return Verdict("runs without test records", None)
+        shares.append(sum(a[s] >= b[s] for s in steps) / len(steps))
+        finals.append((a[steps[-1]], b[steps[-1]]))
+    holds = all(s >= 0.95 for s in shares) and all(x > y for x, y in finals)
+    measured = (
+        f"BN at or above no-BN at {100 * min(shares):.1f}% of the logged steps in the worst "
+        f"seed (n={len(pairs)}); last logged step: "
+        + ", ".join(f"{100 * x:.2f}% vs {100 * y:.2f}%" for x, y in finals)
+    )
+    return Verdict(measured, holds)
+
+
+def _first_step_at(series: dict[int, float], level: float) -> int | None:
+    return next((s for s in sorted(series) if series[s] >= level), None)
+
+
+def _faster_check(results: ExperimentResults) -> Verdict:
+    """Per seed: BN reaches 90% test accuracy in fewer steps than no-BN (or no-BN never does)."""
+    pairs = _paired(results, "bn", "no-bn")
+    if not pairs:
+        return Verdict("no seed with both bn and no-bn finished", None)
+    rows = []
+    holds = True
+    for bn, plain in pairs:
+        s_bn = _first_step_at(_accuracy_series(bn), 0.90)
+        s_plain = _first_step_at(_accuracy_series(plain), 0.90)
+        rows.append(f"seed {bn.seed}: {s_bn} vs {s_plain if s_plain is not None else 'never'}")
+        holds = holds and s_bn is not None and (s_plain is None or s_bn < s_plain)
+    return Verdict("first step with test accuracy >= 90%, bn vs no-bn: " + "; ".join(rows), holds)
+
+
+def _stability(run: RunRecord, neurons: int = 5) -> float | None:
+    """Mean step-to-step movement of the 15/50/85th percentiles, in units of the 15-85 spread.
+
+    For each probed neuron and each pair of consecutive measurements, ``|Δp| / (p85 - p15)``
+    averaged over the three percentiles, the steps and the neurons: how far the sigmoid-input
+    distribution moves between measurements relative to its own width (BN2015 Fig. 1(b, c)).
+    """
+    moves: list[float] = []
+    for i in range(neurons):
+        p = {q: run.series(TEST_TAG, f"z_p{q}_{i}") for q in (15, 50, 85)}
+        steps = sorted(set(p[15]) & set(p[50]) & set(p[85]))
+        for s0, s1 in itertools.pairwise(steps):
+            width = p[85][s1] - p[15][s1]
+            if width <= 0:
+                continue
+            moves.append(sum(abs(p[q][s1] - p[q][s0]) for q in (15, 50, 85)) / 3 / width)
+    return math.fsum(moves) / len(moves) if moves else None
+
+
+def _stable_inputs_check(results: ExperimentResults) -> Verdict:
+    pairs = _paired(results, "bn", "no-bn")
+    values = [(_stability(bn), _stability(plain)) for bn, plain in pairs]
+    values_ok = [(a, b) for a, b in values if a is not None and b is not None]
+    if not values_ok:
+        return Verdict("no seed with both bn and no-bn finished", None)
+    measured = (
+        "mean movement of the 15/50/85th percentiles between measurements, in units of the "
+        "15-85 spread, bn vs no-bn: "
+        + ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in values_ok)
+        + f" (n={len(values_ok)})"
+    )
+    return Verdict(measured, all(a < b for a, b in values_ok))
+
+
+def _constant_prediction_check(results: ExperimentResults) -> Verdict:
+    runs = results.complete("bn")
+    distinct = [r.metric("single_image_distinct_classes") for r in runs]
+    accuracy = [r.metric("single_image_accuracy") for r in runs]
+    majority = [r.metric("single_image_majority_class") for r in runs]
+    if not runs or any(v is None for v in distinct):
+        return Verdict("no finished bn run", None)
+    measured = (
+        "distinct classes predicted: "
+        + ", ".join(f"{v:.0f}" for v in distinct if v is not None)
+        + "; constant class: "
+        + ", ".join(f"{v:.0f}" for v in majority if v is not None)
+        + "; "
+        + describe("accuracy", [a for a in accuracy if a is not None], "pct")
+    )
+    return Verdict(measured, all(v == 1.0 for v in distinct))
+
+
+CLAIMS = (
+    Claim(
+        "With batch normalization the network learns faster: it reaches high test accuracy "
+        "in fewer steps (Ioffe & Szegedy Fig. 1a).",
+        _faster_check,
+        "every seed: bn reaches 90% test accuracy at an earlier logged step than no-bn",
+    ),
+    Claim(
+        "With batch normalization the accuracy curve is higher (better accuracy).",
+        _bn_above_check,
+        "every seed: bn >= no-bn at >= 95% of the logged steps and bn > no-bn at the last one",
+    ),
+    Claim(
+        "Batch normalization removes variance/noise in the inputs to the layer-2 sigmoids: "
+        "their distribution is stable over training (BN2015 Fig. 1(b, c)).",
+        _stable_inputs_check,
+        "every seed: the percentiles of the sigmoid inputs move less between measurements, "
+        "relative to the distribution's width, with bn than without",
+    ),
+    Claim(
+        "With batch statistics at inference, single examples fed one at a time all get the "
+        "same prediction (the seed: always 8, 2% on the first 100 test images).",
+        _constant_prediction_check,
+        "every bn seed: exactly one distinct class among the 100 single-example predictions",
+    ),
+    Claim(
+        "With population statistics (EMA, decay 0.999) the rebuilt inference network "
+        "classifies single examples: 99% on the first 100 test images in the seed.",
+        every_run(["bn-population"], "single_image_accuracy", above=0.95),
+        "every bn-population seed: one-at-a-time accuracy on the first 100 > 95%",
+    ),
+    Claim(
+        "After 10,000 steps the population-statistics network reaches about 95% test "
+        "accuracy (seed: 0.9532).",
+        every_run(["bn-population"], "inference_test_accuracy", above=0.94),
+        "every bn-population seed: inference-mode test accuracy > 94%",
+    ),
+)
+
+
+def _first_run(results: ExperimentResults, variant: str) -> RunRecord | None:
+    runs = results.complete(variant)
+    return runs[0] if runs else None
+
+
+def _accuracy_figure(results: ExperimentResults) -> Figure | None:
+    """The seed's plot: test accuracy vs step, y from 0.8 to 1, mean over seeds with a band."""
+    fig = MplFigure(figsize=(7.5, 4.0))
+    ax = fig.add_subplot()
+    drawn = 0
+    for index, (variant, label) in enumerate((("no-bn", "Without BN"), ("bn", "With BN"))):
+        steps, per_run = results.curve(variant, TEST_TAG, "accuracy")
+        if not steps:
+            continue
+        columns = list(zip(*per_run, strict=True))
+        x = [s - 1 for s in steps]  # the seed's x axis is the batch index i
+        ax.plot(x, [sum(c) / len(c) for c in columns], color=PALETTE[index], label=label)
+        if len(per_run) > 1:
+            ax.fill_between(
+                x,
+                [min(c) for c in columns],
+                [max(c) for c in columns],
+                color=PALETTE[index],
+                alpha=0.2,
+                linewidth=0,
+            )
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("Training steps")
+    ax.set_ylabel("Accuracy")
+    ax.set_ylim(0.8, 1.0)
+    ax.set_title("Batch Normalization Accuracy")
+    ax.legend(loc=4)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    n = len(results.complete("bn"))
+    return Figure(
+        png_bytes(fig),
+        f"Test accuracy every 50 steps, with and without BN (y from 0.8 to 1 as in the seed); "
+        f"mean over seeds, band min-max (n={n}).",
+        "accuracy-seed-axes",
+    )
+
+
+def _inputs_figure(results: ExperimentResults, kind: str) -> Figure | None:
+    """The seed's 5x2 grid (``kind="mean"``) or the BN2015 percentiles (``"percentiles"``)."""
+    plain, bn = _first_run(results, "no-bn"), _first_run(results, "bn")
+    if plain is None or bn is None:
+        return None
+    neurons = 5
+    fig = MplFigure(figsize=(6.5, 12.0))
+    axes = fig.subplots(neurons, 2, squeeze=False)
+    for i in range(neurons):
+        for col, (run, title) in enumerate(((plain, "Without BN"), (bn, "With BN"))):
+            ax = axes[i][col]
+            ax.set_title(f"{title}, neuron {i}", fontsize=9)
+            if kind == "mean":
+                series = run.series(TEST_TAG, f"z_mean_{i}")
+                ax.plot([s - 1 for s in sorted(series)], [series[s] for s in sorted(series)])
+            else:
+                for q, style in ((15, ":"), (50, "-"), (85, ":")):
+                    series = run.series(TEST_TAG, f"z_p{q}_{i}")
+                    steps = sorted(series)
+                    ax.plot(
+                        [s - 1 for s in steps],
+                        [series[s] for s in steps],
+                        style,
+                        color=PALETTE[col],
+                        label=f"p{q}",
+                    )
+                if i == 0:
+                    ax.legend(fontsize=7)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    if kind == "mean":
+        caption = (
+            "Mean over the test set of the inputs to the first five layer-2 sigmoids, every "
+            f"50 steps (the seed's 5x2 grid; seed {bn.seed})."
+        )
+    else:
+        caption = (
+            "15th, 50th and 85th percentiles over the test set of the same inputs (BN2015 "
+            f"Fig. 1(b, c); seed {bn.seed})."
+        )
+    return Figure(png_bytes(fig), caption, f"sigmoid-inputs-{kind}")
+
+
+def _predictions_table(results: ExperimentResults) -> Table | None:
+    rows = []
+    for variant in ("bn", "bn-population"):
+        run = _first_run(results, variant)
+        if run is None:
+            continue
+        path = run.path / "artefacts" / "first_test_predictions.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        preds = data["predictions"]
+        rows.append((f"{variant} (seed {run.seed})", data["how"], str(preds[:30])[1:-1] + ", …"))
+    if not rows:
+        return None
+    return Table(
+        ("variant", "how", "first predictions"),
+        tuple(rows),
+        "Single-example predictions (the seed prints them)",
+    )
+
+
+def extra_blocks(results: ExperimentResults) -> list[Block]:
+    """The seed's figures: accuracy (y 0.8-1), sigmoid inputs (5x2 grid), percentiles."""
+    blocks: list[Block] = []
+    for figure in (
+        _accuracy_figure(results),
+        _inputs_figure(results, "mean"),
+        _inputs_figure(results, "percentiles"),
+    ):
+        if figure is not None:
+            blocks.append(figure)
+    table = _predictions_table(results)
+    if table is not None:
+        blocks.append(table)
+    if not blocks:
+        blocks.append(Paragraph("No finished bn/no-bn pair to plot yet."))
+    return blocks
+
+
+SPEC: ExperimentSpec[SigmoidMLPConfig, Any] = ExperimentSpec(
+    name="sigmoid-mlp",
+    title="batch norm on a sigmoid MLP, and population statistics at inference (seed 001)",
+    seed_file="001_2a04fecd41209ff2.txt",
+    summary=(
+        "MNIST 784-100-100-10 with sigmoid hidden layers, identical predetermined N(0, 1) "
+        "initial weights for every variant of a seed; summed softmax cross-entropy; SGD 0.01; "
+        "batch 60; 40,000 steps on identical batches, with and without BN; test accuracy and "
+        "the layer-2 sigmoid inputs every 50 steps. Then the first 100 test images one at a "
+        "time with batch statistics, and the fixed network (population statistics by EMA, "
+        "decay 0.999) trained 10,000 steps, saved, rebuilt in inference mode and restored."
+    ),
+    variants=VARIANTS,
+    load_data=load_data,
+    run=run,
+    quick=quick,
+    metrics=(
+        Metric("test_accuracy", "test acc. (seed's graph)", "pct"),
+        Metric("inference_test_accuracy", "test acc., population stats", "pct"),
+        Metric("single_image_accuracy", "first 100, one at a time", "pct"),
+        Metric("single_image_distinct_classes", "distinct single-example classes", "int"),
+        Metric("test_loss", "test loss (mean)", "float"),
+        Metric("train_time_s", "training time", "seconds"),
+    ),
+    curves=(
+        Curve(TEST_TAG, "accuracy", "Test accuracy (every 50 steps)", "accuracy", fmt="pct"),
+        Curve(
+            "train",
+            "loss",
+            "Training loss, summed over the batch of 60 (moving average over 200 steps)",
+            "loss",
+            smooth=200,
+            logy=True,
+        ),
+    ),
+    claims=CLAIMS,
+    extra_blocks=extra_blocks,
+    notes=(
+        "Every variant of a seed starts from the same predetermined N(0, 1) weights "
+        "(drawn from the seed alone) and sees the same batches (TF next_batch order fixed "
+        "by the seed), as the seed's two networks do.",
+        "Accuracy during training is measured as the seed's training graph measures it: "
+        "the BN networks normalize the 10,000 test images with their own batch statistics. "
+        "'test acc., population stats' is the rebuilt inference network of bn-population.",
+        "The seed's part-2 evaluations ran the training graph, so each also moved the "
+        "population statistics toward the test set's (about 2% of the final estimate); "
+        "bnlab measures without that side effect (eval_updates_population=False).",
+        "The population variance tracks the biased batch variance, as the seed's tf.assign "
+        "ops do; the rebuilt network has no output bias, as the seed's build_graph (b3 is "
+        "declared but never added).",
+        "Loss computed with log_softmax instead of log(softmax): same value and gradient "
+        "wherever the seed's is finite.",
+    ),
+)
