@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import bnlab
+from bnlab.train import distributed as data_parallel
 
 
 def git_revision(directory: str | Path | None = None) -> dict[str, Any]:
@@ -61,4 +62,5 @@ def capture_environment() -> dict[str, Any]:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "argv": list(sys.argv),
         "git": git_revision(),
+        "data_parallel": data_parallel.current().describe(),  # world size, backend, sync_bn
     }
