@@ -15,6 +15,7 @@ MODULES = [
     "bnlab.norm.precise",
     "bnlab.norm.recurrent",
     "bnlab.norm.renorm",
+    "bnlab.norm.safe",
 ]
 
 

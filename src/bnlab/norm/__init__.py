@@ -28,6 +28,7 @@ from bnlab.norm.recurrent import RecurrentBatchNorm
 from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
 from bnlab.norm.registry import available_norms, get_norm, register_norm
 from bnlab.norm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
+from bnlab.norm.safe import label_layers, refusals
 from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
@@ -64,9 +65,11 @@ __all__ = [
     "fold_bn_weights",
     "freeze_bn",
     "get_norm",
+    "label_layers",
     "momentum_from_decay",
     "normalize",
     "precise_bn",
+    "refusals",
     "register_backend",
     "register_norm",
     "resolve_backend",

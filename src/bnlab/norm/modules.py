@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation, dispatch
+from bnlab.norm import _validation, dispatch, safe
 from bnlab.norm.functional import batch_norm, momentum_from_decay
 
 __all__ = ["BATCH_NORM_TYPES", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -26,9 +26,12 @@ class _NormBase(nn.Module):
     The same constructor, attributes, parameters and buffers as ``torch.nn``'s norm
     base, so ``state_dict`` keys (``weight``, ``bias``, ``running_mean``,
     ``running_var``, ``num_batches_tracked``) load both ways; ``bias=False`` (keyword-only,
-    as in torch 2.13) keeps the learned scale but drops the shift. Two keyword-only extras:
-    ``decay`` (TF/Keras style, converted once by ``momentum_from_decay``) and
-    ``backend`` (see ``bnlab.norm.dispatch``).
+    as in torch 2.13) keeps the learned scale but drops the shift. Keyword-only extras:
+    ``decay`` (TF/Keras style, converted once by ``momentum_from_decay``), ``backend``
+    (see ``bnlab.norm.dispatch``), and the safe-statistics knobs (``bnlab.norm.safe``):
+    ``degenerate`` (``"raise"``, ``"population"`` or ``"skip"`` for a training batch with
+    at most one value per channel) and ``guard_nonfinite`` (default True: a NaN/Inf batch
+    never enters the running statistics; refusals are counted in ``refused_batches``).
     """
 
     _version = 2  # state_dict layout version: 2 added num_batches_tracked (as in torch)
@@ -58,6 +61,8 @@ class _NormBase(nn.Module):
         bias: bool = True,
         decay: float | None = None,
         backend: str = "auto",
+        degenerate: str = "raise",
+        guard_nonfinite: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int):
@@ -85,6 +90,11 @@ class _NormBase(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.backend = backend
+        self.degenerate = safe.check_policy(degenerate)
+        self.guard_nonfinite = bool(guard_nonfinite)
+        self.layer_name: str | None = None  # set by safe.label_layers, for warnings
+        self.refused_batches = 0  # non-finite batches kept out of the running statistics
+        self.refused_steps: list[int] = []  # their step numbers (the last 100)
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
             if bias:
@@ -147,6 +157,10 @@ class _NormBase(nn.Module):
         )
         if self.backend != dispatch.AUTO:
             text += f", backend={self.backend!r}"
+        if self.degenerate != "raise":
+            text += f", degenerate={self.degenerate!r}"
+        if not self.guard_nonfinite:
+            text += ", guard_nonfinite=False"
         return text
 
     def _load_from_state_dict(
@@ -186,18 +200,23 @@ class _BatchNorm(_NormBase):
         self._check_input(input)
         # Batch statistics in training, and in eval when there is nothing else to use.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        if use_batch_stats:  # refuse before counting the batch: bad input changes no state
-            _validation.check_one_value_per_channel(input)
+        # A batch with <= 1 value per channel: the layer's policy, before counting it
+        # (so "raise" changes no state; see bnlab.norm.safe).
+        if use_batch_stats and safe.is_degenerate(input):
+            out = safe.degenerate_forward(self, input)
+            if out is not None:
+                return out
         momentum = self._step_momentum()
         # Buffers are passed (and so updated) in training only when tracking is on.
         pass_buffers = not self.training or self.track_running_stats
-        return self._batch_norm(
-            input,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
-            use_batch_stats,
-            momentum,
-        )
+        with safe.guarded(self, active=self.training and self.track_running_stats):
+            return self._batch_norm(
+                input,
+                self.running_mean if pass_buffers else None,
+                self.running_var if pass_buffers else None,
+                use_batch_stats,
+                momentum,
+            )
 
     def _step_momentum(self) -> float:
         """Count the batch (training with tracking) and return this step's momentum."""

@@ -1,0 +1,194 @@
+"""Safe statistics for bnlab's batch-norm modules: a per-layer policy for degenerate batches
+(one value per channel, or none) and a guard that keeps non-finite batches out of the
+running statistics. ``_BatchNorm.forward`` calls :func:`degenerate_forward` and
+:func:`guarded`; the knobs are the layers' ``degenerate=`` and ``guard_nonfinite=`` arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnlab.norm import _validation
+from bnlab.norm.functional import batch_norm, batch_stats, normalize
+
+__all__ = [
+    "DEGENERATE_POLICIES",
+    "DegenerateBatchWarning",
+    "NonFiniteBatchWarning",
+    "check_policy",
+    "degenerate_forward",
+    "guarded",
+    "is_degenerate",
+    "label_layers",
+    "refusals",
+]
+
+#: policy -> what a degenerate training batch (<= 1 value per channel) does.
+DEGENERATE_POLICIES: dict[str, str] = {
+    "raise": "raise ValueError for one value per channel, as torch does (an empty batch "
+    "gives an empty output and is counted, as in torch)",
+    "population": "normalize with the running statistics (as in eval mode); no update",
+    "skip": "normalize with the batch's own statistics (one value: output = bias, as "
+    "TensorFlow does); no update, not counted",
+}
+
+_KEEP_STEPS = 100  # refused steps remembered per layer (the counter keeps counting)
+
+
+class DegenerateBatchWarning(RuntimeWarning):
+    """A layer met a batch with at most one value per channel and applied its policy."""
+
+
+class NonFiniteBatchWarning(RuntimeWarning):
+    """A layer refused to move its running statistics toward a NaN/Inf batch."""
+
+
+def check_policy(policy: str) -> str:
+    """``policy`` if it is a key of :data:`DEGENERATE_POLICIES`, else ValueError."""
+    if policy not in DEGENERATE_POLICIES:
+        raise ValueError(
+            f"degenerate must be one of {', '.join(map(repr, DEGENERATE_POLICIES))}; got {policy!r}"
+        )
+    return policy
+
+
+def is_degenerate(input: Tensor) -> bool:
+    """Whether ``input`` holds at most one value per channel (dim 1): no batch variance."""
+    return _validation.values_per_channel(input) <= 1
+
+
+def layer_label(layer: nn.Module) -> str:
+    """The name warnings use: ``layer_name`` (see :func:`label_layers`) or the class."""
+    name = getattr(layer, "layer_name", None)
+    return f"{name!r}" if name else f"{type(layer).__name__}({getattr(layer, 'num_features', '')})"
+
+
+def label_layers(model: nn.Module) -> nn.Module:
+    """Give every bnlab norm layer in ``model`` its qualified name (``layer_name``), so its
+    warnings say which layer of the model refused or degraded a batch. Returns ``model``.
+
+    >>> from bnlab.norm.modules import BatchNorm1d
+    >>> net = label_layers(nn.Sequential(nn.Linear(2, 2), BatchNorm1d(2)))
+    >>> net[1].layer_name
+    '1'
+    """
+    for name, m in model.named_modules():
+        if hasattr(m, "guard_nonfinite"):
+            m.layer_name = name
+    return model
+
+
+def refusals(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Non-finite batches refused so far, per layer: ``{name: {"count", "steps"}}``.
+
+    Only layers that refused at least one batch are listed; ``steps`` holds the layer's
+    training-step numbers (``num_batches_tracked`` had the batch been counted), the last
+    100 of them.
+    """
+    return {
+        name: {"count": m.refused_batches, "steps": list(m.refused_steps)}
+        for name, m in model.named_modules()
+        if getattr(m, "refused_batches", 0)
+    }
+
+
+def _warn_once(layer: Any, input: Tensor, policy: str) -> None:
+    if getattr(layer, "_degenerate_warned", False):
+        return
+    layer._degenerate_warned = True
+    warnings.warn(
+        f"batch norm {layer_label(layer)} got a training batch of shape "
+        f"{tuple(input.shape)} ({_validation.values_per_channel(input)} value(s) per "
+        f"channel); policy {policy!r}: {DEGENERATE_POLICIES[policy]}. Warned once per layer.",
+        DegenerateBatchWarning,
+        stacklevel=4,
+    )
+
+
+def degenerate_forward(layer: Any, input: Tensor) -> Tensor | None:
+    """Apply ``layer.degenerate`` to a training batch with at most one value per channel.
+
+    Returns the output, or None to let the layer run as usual (policy ``"raise"`` on an
+    empty batch: torch's behaviour).
+
+    Raises:
+        ValueError: policy ``"raise"`` and one value per channel; policy
+            ``"population"`` on a layer without running statistics.
+    """
+    policy = layer.degenerate
+    if policy == "raise":
+        _validation.check_one_value_per_channel(input)
+        return None
+    if policy == "population":
+        if layer.running_mean is None or layer.running_var is None:
+            raise ValueError(
+                f"batch norm {layer_label(layer)}: degenerate='population' needs running "
+                "statistics, but the layer has track_running_stats=False; use "
+                "degenerate='skip' or 'raise'"
+            )
+        _warn_once(layer, input, policy)
+        return batch_norm(
+            input,
+            layer.running_mean,
+            layer.running_var,
+            layer.weight,
+            layer.bias,
+            False,
+            0.0,
+            layer.eps,
+            backend=layer.backend,
+        )
+    _warn_once(layer, input, policy)  # "skip"
+    if input.numel() == 0:
+        return batch_norm(input, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+    mean, var = batch_stats(input)  # one value: mean = x, biased variance 0
+    return normalize(input, mean, var, layer.weight, layer.bias, layer.eps)
+
+
+@contextlib.contextmanager
+def guarded(layer: Any, active: bool) -> Iterator[None]:
+    """Keep NaN/Inf out of ``layer``'s running statistics across the body's update.
+
+    The running buffers are copied before the body (which normalizes and updates them);
+    if afterwards either holds a non-finite value, the copies are put back, the batch is
+    uncounted (``num_batches_tracked`` back by one), ``refused_batches`` grows by one, the
+    step joins ``refused_steps``, and a :class:`NonFiniteBatchWarning` names the layer and
+    step. The body's output is untouched: a NaN batch still gives a NaN output. Works for
+    every backend and variant, since it only looks at the buffers. One host sync per call.
+    """
+    mean, var = getattr(layer, "running_mean", None), getattr(layer, "running_var", None)
+    if not (active and layer.guard_nonfinite and mean is not None and var is not None):
+        yield
+        return
+    saved_mean, saved_var = mean.detach().clone(), var.detach().clone()
+    yield
+    # One float64 sum per buffer: finite unless some entry is NaN/Inf (a float64 sum of
+    # float32 values cannot overflow), and cheaper than isfinite().all() on small layers.
+    total = float(mean.sum(dtype=torch.float64)) + float(var.sum(dtype=torch.float64))
+    if math.isfinite(total):
+        return
+    with torch.no_grad():
+        mean.copy_(saved_mean)
+        var.copy_(saved_var)
+        tracked = layer.num_batches_tracked
+        step = int(tracked) if tracked is not None else layer.refused_batches + 1
+        if tracked is not None:
+            tracked.sub_(1)
+    layer.refused_batches += 1
+    layer.refused_steps.append(step)
+    del layer.refused_steps[:-_KEEP_STEPS]
+    warnings.warn(
+        f"batch norm {layer_label(layer)} refused a non-finite batch at step {step} "
+        f"({layer.refused_batches} refused so far): its running statistics are unchanged; "
+        "the output still carries the NaN/Inf. Look for an overflow upstream (e.g. a "
+        "mixed-precision step) or a learning rate that diverges.",
+        NonFiniteBatchWarning,
+        stacklevel=4,
+    )
