@@ -1,0 +1,122 @@
+"""The deep-cnn experiment: variants as the seed shows them, its loss, its claims, full size."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnlab.experiments import get_experiment
+from bnlab.experiments.deep_cnn import SPEC, DeepCNNConfig, build_model, sigmoid_cross_entropy
+from bnlab.models import Conv2dSame, LowLevelBatchNorm
+from bnlab.report import VERDICT_TEXT, ExperimentResults, RunRecord
+
+
+def test_registered_with_the_seed_variants() -> None:
+    assert get_experiment("deep-cnn") is SPEC
+    assert SPEC.variant_names() == (
+        "no-bn",
+        "bn",
+        "bn-lowlevel",
+        "bias-bn-relu",
+        "bias-relu-bn",
+        "relu-bn",
+    )
+    base = SPEC.config_for("no-bn", 2)
+    assert (base.seed, base.num_batches, base.batch_size, base.learning_rate) == (2, 800, 64, 0.002)
+    assert (base.bn_eps, base.bn_decay, base.adam_eps) == (1e-3, 0.99, 1e-8)
+    low = SPEC.config_for("bn-lowlevel", 0)
+    assert low.lowlevel and low.conv_init == "truncated-normal" and low.conv_init_std == 0.05
+    quick = SPEC.config_for("bn", 0, quick=True)
+    assert quick.num_batches < 50 and quick.num_conv_layers == 19
+
+
+@pytest.mark.parametrize("variant", SPEC.variant_names())
+def test_each_variant_builds_the_seed_network(variant: str) -> None:
+    torch.manual_seed(0)
+    config = SPEC.config_for(variant, 0)
+    model = build_model(config)
+    convs = [m for m in model.modules() if isinstance(m, Conv2dSame)]
+    assert len(convs) == 19
+    has_bias = variant in ("no-bn", "bias-bn-relu", "bias-relu-bn")
+    assert all((c.bias is not None) is has_bias for c in convs)
+    lowlevel = [m for m in model.modules() if isinstance(m, LowLevelBatchNorm)]
+    assert len(lowlevel) == (20 if variant == "bn-lowlevel" else 0)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_loss_is_the_mean_sigmoid_cross_entropy() -> None:
+    logits = torch.randn(4, 10, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 9, 3])
+    z = F.one_hot(labels, 10).double()
+    # tf.nn.sigmoid_cross_entropy_with_logits: max(x, 0) - x z + log(1 + exp(-|x|)).
+    tf = (logits.clamp(min=0) - logits * z + torch.log1p(torch.exp(-logits.abs()))).mean()
+    assert torch.allclose(sigmoid_cross_entropy(logits, labels), tf)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="num_batches"):
+        DeepCNNConfig(num_batches=0)
+    with pytest.raises(ValueError, match="bn_decay"):
+        DeepCNNConfig(bn_decay=1.0)
+
+
+def _results(metrics: dict[str, dict[str, float]], val_at_501: float = 0.95) -> ExperimentResults:
+    results = ExperimentResults("deep-cnn")
+    for variant, values in metrics.items():
+        run = RunRecord(
+            Path(variant), "deep-cnn", variant, 0, {}, False, {}, {"metrics": values}, None
+        )
+        run._log = [{"phase": "train", "tag": "validation", "step": 501, "accuracy": val_at_501}]
+        results.runs[variant] = [run]
+    return results
+
+
+def _good() -> dict[str, dict[str, float]]:
+    bn = {"test_accuracy": 0.97, "single_image_accuracy": 0.98, "batched_first_n_accuracy": 0.98}
+    return {"no-bn": {"test_accuracy": 0.1135}, **{v: dict(bn) for v in SPEC.variant_names()[1:]}}
+
+
+def test_claims_hold_on_seed_like_numbers() -> None:
+    verdicts = [claim.check(_results(_good())) for claim in SPEC.claims]
+    assert [VERDICT_TEXT[v.holds] for v in verdicts] == ["holds"] * 6
+
+
+def test_claims_fail_when_the_numbers_contradict_the_seed() -> None:
+    bad = _good()
+    bad["no-bn"]["test_accuracy"] = 0.5  # no-BN learned
+    bad["relu-bn"]["test_accuracy"] = 0.8  # a placement did not train
+    bad["bn"]["single_image_accuracy"] = 0.1  # batch statistics at inference
+    verdicts = [claim.check(_results(bad, val_at_501=0.5)) for claim in SPEC.claims]
+    assert [v.holds for v in verdicts] == [False, True, False, False, True, False]
+    assert "relu-bn: 80.00%" in verdicts[5].measured
+    assert "max |one-at-a-time − batched| = 88 points" in verdicts[3].measured
+    assert all(
+        v.holds is None for v in (c.check(ExperimentResults("deep-cnn")) for c in SPEC.claims)
+    )
+
+
+@pytest.mark.slow
+def test_full_size_on_real_mnist(tmp_path: Path) -> None:
+    """The seed's sizes on the real MNIST, one seed of no-bn and bn (about 2-4 min)."""
+    from bnlab.data import DataError, load_mnist
+    from bnlab.experiments import run_experiment
+
+    try:
+        load_mnist(progress=False)
+    except DataError as exc:
+        pytest.skip(f"real MNIST not available: {exc}")
+    outcomes = run_experiment(
+        SPEC, out_dir=tmp_path, variants=["no-bn", "bn"], seeds=1, progress=False
+    )
+    metrics = {o.variant: o.metrics for o in outcomes}
+    assert metrics["no-bn"]["test_accuracy"] < 0.15
+    assert metrics["bn"]["test_accuracy"] > 0.90
+    assert (
+        abs(metrics["bn"]["single_image_accuracy"] - metrics["bn"]["batched_first_n_accuracy"])
+        <= 0.01
+    )
+    assert dataclasses.asdict(SPEC.config_for("bn", 0))["num_batches"] == 800
