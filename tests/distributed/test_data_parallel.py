@@ -84,6 +84,10 @@ def _ddp_worker(rank: int, world: int) -> dict[str, dict[str, float]]:
             key: float((state[key].double() - ref_state[key].double()).abs().max())
             for key in ref_state
         }
+    # The logged loss under data parallelism is the mean over ranks (the global batch's).
+    dp = DataParallel(rank=rank, world_size=world, backend="gloo")
+    mean = dp.mean_across_ranks(torch.tensor([float(rank), 2.0 * rank + 1]))
+    out["mean_across_ranks"] = dict(enumerate(mean.tolist()))
     return out
 
 
@@ -98,6 +102,7 @@ def test_ddp_with_sync_bn_trains_like_one_process() -> None:
         # statistics (and so the trained parameters) move away from the single process.
         assert local["1.running_var"] > 1e-4, (rank, local)
         assert max(local.values()) > 1e-4, (rank, local)
+        assert res["mean_across_ranks"] == {0: 0.5, 1: 2.0}
 
 
 def test_sharded_batches_split_the_global_batch() -> None:
@@ -127,6 +132,11 @@ def test_single_process_setting_changes_nothing() -> None:
     source = _Batches(seed=0)
     assert dp.shard(source) is source
     assert dp.describe() == {"world_size": 1, "backend": None, "sync_bn": True}
+    assert dp.run_key() == {}  # config.json of a one-process run is unchanged
+    values = torch.tensor([1.0, 2.0])
+    assert dp.mean_across_ranks(values) is values
+    two = DataParallel(rank=1, world_size=2, backend="gloo", sync_bn=True)
+    assert two.run_key() == {"world_size": 2, "sync_bn": True} and not two.is_main
 
 
 @pytest.mark.parametrize(

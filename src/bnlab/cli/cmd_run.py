@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fields: bnlab list EXPERIMENT). Use a separate --out: the run directories are named "
         "by variant and seed only",
     )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun (data parallel): synchronize batch-norm statistics across the "
+        "processes, e.g. torchrun --standalone --nproc-per-node 2 -m bnlab run deep-cnn "
+        "--sync-bn (docs/distributed.md)",
+    )
     add_common_arguments(parser, default_seeds=1)
 
 
@@ -129,25 +136,42 @@ def summary_text(spec: Any, runs_dir: Path, variants: list[str] | None = None) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from bnlab.experiments import get_experiment, run_experiment
+    import sys
 
+    from bnlab.experiments import get_experiment, run_experiment
+    from bnlab.train import distributed as data_parallel
+
+    # Under torchrun: join the process group first (so --threads, applied next, wins).
+    dp = data_parallel.init_from_env(sync_bn=args.sync_bn)
+    if args.sync_bn and not dp.enabled:
+        print("--sync-bn: one process, nothing to synchronize", file=sys.stderr)
     setup(args)
     spec = get_experiment(args.experiment)
     variants = None
     if args.variant:
         variants = [v.strip() for item in args.variant for v in item.split(",") if v.strip()]
     out = out_dir(args)
-    outcomes = run_experiment(
-        spec,
-        out_dir=out,
-        variants=variants,
-        seeds=args.seeds,
-        quick=args.quick,
-        data_dir=args.data_dir,
-        progress=not args.no_progress,
-        restart=args.restart,
-        overrides=parse_overrides(args.set),
-    )
+    # Ranks other than 0 train silently: one log, one progress bar, one summary.
+    quiet: dict[str, Any] = {} if dp.is_main else {"log": lambda _message: None}
+    try:
+        with data_parallel.using(dp):
+            outcomes = run_experiment(
+                spec,
+                out_dir=out,
+                variants=variants,
+                seeds=args.seeds,
+                quick=args.quick,
+                data_dir=args.data_dir,
+                progress=not args.no_progress and dp.is_main,
+                restart=args.restart,
+                overrides=parse_overrides(args.set),
+                is_main=dp.is_main,
+                **quiet,
+            )
+    finally:
+        data_parallel.shutdown()
+    if not dp.is_main:  # rank 0 reports for everyone
+        return 0 if all(o.status != "failed" for o in outcomes) else 1
     print(summary_text(spec, out, variants))
     print(f"\nrun directories: {out / spec.name}; report: bnlab report {out}")
     return 0 if all(o.status != "failed" for o in outcomes) else 1

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from bnlab.errors import BnlabError
 from bnlab.experiments.base import ExperimentSpec, RunContext, config_to_dict
 from bnlab.report.results import NOT_RUN
+from bnlab.train import distributed as data_parallel
 from bnlab.train.env import capture_environment
 from bnlab.train.errors import RunConflictError
 from bnlab.train.io import write_json_atomic
@@ -110,7 +111,7 @@ def _resolved(
     spec: ExperimentSpec[Any, Any], variant: str, seed: int, config: Any, quick: bool
 ) -> dict[str, Any]:
     kind = type(config)
-    return {
+    resolved = {
         "experiment": spec.name,
         "variant": variant,
         "seed": seed,
@@ -118,6 +119,10 @@ def _resolved(
         "config_type": f"{kind.__module__}.{kind.__qualname__}",
         "config": config_to_dict(config),
     }
+    key = data_parallel.current().run_key()  # {} for one process
+    if key:
+        resolved["data_parallel"] = key
+    return resolved
 
 
 def run_one(
@@ -147,9 +152,17 @@ def run_one(
     t0 = time.perf_counter()
     if run.config_path.is_file():
         stored = run.read_config()
+        same_dp = stored.get("data_parallel", {}) == resolved.get("data_parallel", {})
         same = stored.get("config") == resolved["config"] and stored.get("quick") == quick
+        same = same and same_dp
         if not same and not restart:
             diff = _differences(stored.get("config", {}), resolved["config"])
+            if not same_dp:
+                diff.insert(
+                    0,
+                    f"data_parallel: {stored.get('data_parallel', {})!r} -> "
+                    f"{resolved.get('data_parallel', {})!r}",
+                )
             if stored.get("quick") != quick:
                 diff.insert(0, f"quick: {stored.get('quick')!r} -> {quick!r}")
             raise RunConflictError(

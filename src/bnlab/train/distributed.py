@@ -13,13 +13,15 @@ import datetime
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from bnlab.errors import BnlabError
-from bnlab.train.loop import BatchSource
+
+if TYPE_CHECKING:  # loop.py imports this module; the protocol is for annotations only
+    from bnlab.train.loop import BatchSource
 
 __all__ = [
     "DataParallel",
@@ -148,6 +150,28 @@ class DataParallel:
         if self.sync_bn:
             _swap_in_sync_bn(model)
         return DistributedDataParallel(model)
+
+    def mean_across_ranks(self, values: Tensor) -> Tensor:
+        """The element-wise mean of ``values`` over the ranks (one all-reduce); ``values``
+        itself for one process. Every rank must call it at the same point.
+
+        Per-rank mean losses over equal shards average to the global batch's mean loss,
+        so logged losses mean the same at any world size.
+        """
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        total = values.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+    def run_key(self) -> dict[str, Any]:
+        """What makes a run directory's training differ from one process: ``{}`` for one
+        process, else the world size and ``sync_bn`` (recorded in ``config.json``)."""
+        if not self.enabled:
+            return {}
+        return {"world_size": self.world_size, "sync_bn": self.sync_bn}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for ``env.json``."""

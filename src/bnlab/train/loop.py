@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from bnlab.train import distributed as data_parallel
 from bnlab.train.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from bnlab.train.errors import NonFiniteLossError
 from bnlab.train.metrics import MetricsLog
@@ -243,7 +244,9 @@ class Trainer:
         """Write the buffered per-step losses; raise on the first non-finite one."""
         if not self._losses:
             return
-        values = torch.stack(self._losses).tolist()  # the one host sync per chunk
+        # Under data parallelism: the global batch's loss (one all-reduce per chunk).
+        stacked = data_parallel.current().mean_across_ranks(torch.stack(self._losses))
+        values = stacked.tolist()  # the one host sync per chunk
         first = self._first_pending_step
         self._losses.clear()
         self._first_pending_step = first + len(values)
