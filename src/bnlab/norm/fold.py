@@ -65,10 +65,10 @@ def fold_bn_weights(
     Raises:
         ValueError: the channel counts of the layer and the BN differ.
 
-    >>> w, b = fold_bn_weights(torch.ones(2, 3), None, torch.tensor([1.0, 0.0]),
+    >>> w, b = fold_bn_weights(torch.ones(2, 3), None, torch.tensor([1.0, 2.0]),
     ...                        torch.tensor([4.0, 1.0]), 0.0, torch.tensor([2.0, 1.0]))
     >>> w.tolist(), b.tolist()
-    ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [-1.0, 0.0])
+    ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [-1.0, -2.0])
     """
     channels = weight.shape[out_dim]
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
