@@ -1,7 +1,8 @@
 """Whole-network benchmarks: the deep-CNN training step, and inference after ``fold_bn``.
 
 ``deep_cnn_step`` times one Adam step of the seed-000 network (batch 64) without batch
-norm, with bnlab's default batch norm and with ``torch.nn.BatchNorm2d``, interleaved;
+norm, with bnlab's default batch norm (alone, and fused with its ReLU) and with
+``torch.nn.BatchNorm2d``, interleaved;
 ``fold_latency`` times single-image inference of the same network before and after
 folding its batch norm into the convolutions.
 """
@@ -18,11 +19,26 @@ from torch import nn
 from bnlab.bench.timing import interleaved
 from bnlab.models.deep_cnn import DeepCNN
 from bnlab.norm.fold import fold_bn
+from bnlab.norm.kernels.fusion import fuse_bn_relu
 
-__all__ = ["NET_VARIANTS", "deep_cnn_step", "fold_latency", "make_step"]
+__all__ = ["NET_VARIANTS", "build_variant", "deep_cnn_step", "fold_latency", "make_step"]
 
-#: name -> ``DeepCNN(norm=...)``: the network without BN, with bnlab's, with torch's.
-NET_VARIANTS: dict[str, str] = {"no-bn": "none", "bnlab-bn": "bn", "torch-bn": "torch-bn"}
+#: name -> (``DeepCNN(norm=...)``, fuse BN+ReLU): the network without BN, with bnlab's BN
+#: as the experiments build it, with bnlab's BN fused with the ReLU after it
+#: (:func:`bnlab.norm.kernels.fuse_bn_relu`), and with torch's BN.
+NET_VARIANTS: dict[str, tuple[str, bool]] = {
+    "no-bn": ("none", False),
+    "bnlab-bn": ("bn", False),
+    "bnlab-bn+relu": ("bn", True),
+    "torch-bn": ("torch-bn", False),
+}
+
+
+def build_variant(name: str, num_conv_layers: int = 19) -> nn.Module:
+    """The deep CNN of variant ``name`` (a key of :data:`NET_VARIANTS`)."""
+    norm, fuse = NET_VARIANTS[name]
+    model = DeepCNN(norm=norm, num_conv_layers=num_conv_layers)
+    return fuse_bn_relu(model) if fuse else model
 
 
 def make_step(model: nn.Module, batch: int, num_classes: int = 10) -> Callable[[], float]:
@@ -65,10 +81,7 @@ def deep_cnn_step(
         ``{"batch", "times": {variant: Timing dict}, "ratios": {"bnlab-bn/no-bn", ...}}``.
     """
     torch.manual_seed(0)
-    steps = {
-        name: make_step(DeepCNN(norm=norm, num_conv_layers=num_conv_layers), batch)
-        for name, norm in NET_VARIANTS.items()
-    }
+    steps = {name: make_step(build_variant(name, num_conv_layers), batch) for name in NET_VARIANTS}
     timings = interleaved(
         steps, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s, warmup=3
     )
@@ -79,6 +92,7 @@ def deep_cnn_step(
         "times": {name: t.as_dict() for name, t in timings.items()},
         "ratios": {
             "bnlab-bn/no-bn": med["bnlab-bn"] / med["no-bn"],
+            "bnlab-bn+relu/no-bn": med["bnlab-bn+relu"] / med["no-bn"],
             "torch-bn/no-bn": med["torch-bn"] / med["no-bn"],
             "bnlab-bn/torch-bn": med["bnlab-bn"] / med["torch-bn"],
         },
