@@ -84,6 +84,10 @@ def _ddp_worker(rank: int, world: int) -> dict[str, dict[str, float]]:
             key: float((state[key].double() - ref_state[key].double()).abs().max())
             for key in ref_state
         }
+    with pytest.warns(UserWarning, match="no batch-norm module to synchronize"):
+        DataParallel(rank=rank, world_size=world, backend="gloo", sync_bn=True).wrap(
+            nn.Sequential(nn.Linear(2, 2))
+        )
     # The logged loss under data parallelism is the mean over ranks (the global batch's).
     dp = DataParallel(rank=rank, world_size=world, backend="gloo")
     mean = dp.mean_across_ranks(torch.tensor([float(rank), 2.0 * rank + 1]))

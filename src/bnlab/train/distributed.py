@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -147,8 +148,12 @@ class DataParallel:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        if self.sync_bn:
-            _swap_in_sync_bn(model)
+        if self.sync_bn and _swap_in_sync_bn(model) == 0:
+            warnings.warn(
+                f"sync_bn: {type(model).__name__} has no batch-norm module to synchronize "
+                "(hand-written batch norm, e.g. deep-cnn's bn-lowlevel, stays per-process)",
+                stacklevel=2,
+            )
         return DistributedDataParallel(model)
 
     def mean_across_ranks(self, values: Tensor) -> Tensor:
@@ -182,19 +187,25 @@ class DataParallel:
         }
 
 
-def _swap_in_sync_bn(model: nn.Module) -> None:
+def _swap_in_sync_bn(model: nn.Module) -> int:
     """Replace, in place, each plain batch-norm layer under ``model`` by a SyncBatchNorm
-    holding its state (variants that normalize differently are left alone)."""
+    holding its state (variants that normalize differently are left alone); return how
+    many layers synchronize now."""
     from bnlab.norm import BATCH_NORM_TYPES
     from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
 
+    count = 0
     for name, child in list(model.named_children()):
-        if isinstance(child, BATCH_NORM_TYPES):
+        if isinstance(child, SyncBatchNorm):
+            count += 1
+        elif isinstance(child, BATCH_NORM_TYPES):
             new = convert_sync_batchnorm(child)  # a converted copy of this one layer
             if isinstance(new, SyncBatchNorm):
                 model.add_module(name, new)
+                count += 1
         else:
-            _swap_in_sync_bn(child)
+            count += _swap_in_sync_bn(child)
+    return count
 
 
 _current = DataParallel()
