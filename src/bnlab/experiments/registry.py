@@ -24,6 +24,10 @@ __all__ = [
 #: name -> module defining ``SPEC``, in the order ``bnlab reproduce`` runs them.
 BUILTIN: dict[str, str] = {
     "deep-cnn": "bnlab.experiments.deep_cnn",
+    "sigmoid-mlp": "bnlab.experiments.sigmoid_mlp",
+    "mlp-solver": "bnlab.experiments.mlp_solver",
+    "image-fcn": "bnlab.experiments.image_fcn",
+    "cifar-convnet": "bnlab.experiments.cifar_convnet",
 }
 
 _REGISTERED: dict[str, ExperimentSpec[Any, Any]] = {}

@@ -1,0 +1,122 @@
+"""The mlp-solver experiment (seed 002): the Model builder, the Solver, per-epoch records,
+both networks on the same batches, end to end on small MNIST-format data, its claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.data import load_mnist, write_fake_mnist
+from bnlab.experiments import get_experiment, run_experiment
+from bnlab.experiments.mlp_solver import SPEC, MLPSolverConfig, Model, Solver
+from bnlab.models.mlp import build_mlp
+from bnlab.norm import BatchNorm1d
+from bnlab.report import VERDICT_TEXT, ExperimentResults, RunRecord
+from bnlab.train import read_metrics
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_mnist(
+        tmp_path_factory.mktemp("mnist"), n_train=600, n_test=100, seed=5, noise=150.0
+    )
+
+
+def test_registered_with_the_seed_settings() -> None:
+    assert get_experiment("mlp-solver") is SPEC
+    assert SPEC.variant_names() == ("bn", "no-bn")
+    bn, plain = SPEC.config_for("bn", 0), SPEC.config_for("no-bn", 0)
+    assert bn.use_batchnorm and not plain.use_batchnorm
+    assert (bn.learning_rate, bn.batch_size, bn.epochs, bn.hidden_dims) == (0.01, 32, 10, (32, 32))
+    assert (bn.bn_eps, bn.bn_decay, bn.adam_eps) == (1e-3, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="epochs"):
+        MLPSolverConfig(epochs=0)
+
+
+def test_model_builder_is_the_seeds_network() -> None:
+    torch.manual_seed(0)
+    net = build_mlp(use_batchnorm=True)
+    layer0 = net.layer0
+    assert isinstance(layer0.dense, nn.Linear) and layer0.dense.bias is not None  # kept
+    assert layer0.dense.bias.eq(0).all()  # tf.layers.dense: zero bias
+    assert isinstance(layer0.norm, BatchNorm1d)
+    assert (layer0.norm.eps, round(layer0.norm.momentum, 6)) == (1e-3, 0.01)
+    limit = (6 / (784 + 32)) ** 0.5  # glorot-uniform
+    assert 0.95 * limit < float(layer0.dense.weight.detach().abs().max()) <= limit
+    assert (
+        sum(p.numel() for p in net.parameters())
+        == 784 * 32 + 32 + 2 * 32 + 32 * 32 + 32 + 2 * 32 + 330
+    )
+    plain = build_mlp(use_batchnorm=False)
+    assert not any(isinstance(m, BatchNorm1d) for m in plain.modules())
+
+
+def test_solver_trains_and_evaluates_in_batches_like_the_seed() -> None:
+    torch.manual_seed(0)
+    solver = Solver(Model("batchnorm", 784, 10))
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    losses = [solver.train(x[:32], y[:32]) for _ in range(20)]
+    assert losses[-1] < losses[0]
+    norm = solver.model.net.layer0.norm
+    assert int(norm.num_batches_tracked) == 20  # population statistics move while training
+    whole = solver.evaluate(x, y)
+    chunked = solver.evaluate(x, y, batch_size=10)  # the seed's weighted chunk average
+    assert whole == pytest.approx(chunked, rel=1e-5)
+    assert int(norm.num_batches_tracked) == 20  # evaluation does not
+
+
+def test_both_nets_train_on_the_same_batches_with_epoch_records(
+    mnist: Path, tmp_path: Path
+) -> None:
+    out = run_experiment(SPEC, out_dir=tmp_path, seeds=1, quick=True, data_dir=mnist)
+    assert [o.status for o in out] == ["done", "done"]
+    data = load_mnist(mnist, progress=False)
+    per_epoch = len(data.train) // 32
+    logs = {
+        v: read_metrics(tmp_path / "mlp-solver" / v / "seed-0" / "metrics.jsonl")
+        for v in SPEC.variant_names()
+    }
+    for records in logs.values():
+        epochs = [r for r in records if r["tag"] == "epoch"]
+        assert [r["step"] for r in epochs] == [per_epoch, 2 * per_epoch]
+        assert {"train_loss", "train_accuracy", "validation_loss", "validation_accuracy"} <= set(
+            epochs[0]
+        )
+    metrics = {o.variant: o.metrics for o in out}
+    for m in metrics.values():
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["steps_per_epoch"] == per_epoch
+    checkpoint = torch.load(
+        tmp_path / "mlp-solver/bn/seed-0/checkpoints/train.pt", weights_only=True
+    )
+    other = torch.load(tmp_path / "mlp-solver/no-bn/seed-0/checkpoints/train.pt", weights_only=True)
+    assert checkpoint["sampler"] == other["sampler"]  # same batch stream position and seed
+
+
+def _results(bn: tuple[float, float], plain: tuple[float, float]) -> ExperimentResults:
+    results = ExperimentResults("mlp-solver")
+    for variant, (acc, loss) in (("bn", bn), ("no-bn", plain)):
+        results.runs[variant] = [
+            RunRecord(
+                Path(variant),
+                "mlp-solver",
+                variant,
+                0,
+                {},
+                False,
+                {},
+                {"metrics": {"test_accuracy": acc, "test_loss": loss}},
+                None,
+            )
+        ]
+    return results
+
+
+def test_claims_hold_on_the_seeds_numbers_and_fail_otherwise() -> None:
+    seed_like = _results((0.9713, 0.1055), (0.9449, 0.2367))
+    assert [VERDICT_TEXT[c.check(seed_like).holds] for c in SPEC.claims] == [VERDICT_TEXT[True]] * 3
+    contrary = _results((0.94, 0.25), (0.97, 0.10))
+    assert [c.check(contrary).holds for c in SPEC.claims] == [False, False, False]
+    assert SPEC.claims[0].check(ExperimentResults("mlp-solver")).holds is None
