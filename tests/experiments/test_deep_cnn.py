@@ -99,6 +99,19 @@ def test_claims_fail_when_the_numbers_contradict_the_seed() -> None:
     )
 
 
+def test_seed_log_table_follows_the_seed_schedule() -> None:
+    from bnlab.experiments.deep_cnn import seed_log
+
+    results = _results(_good(), val_at_501=0.93)
+    for runs in results.runs.values():
+        runs[0].config = {"num_batches": 800, "validate_every": 100}
+    (table,) = seed_log(results)
+    assert table.columns[1:] == (*(f"batch {b}" for b in range(0, 800, 100)), "final")
+    assert [row[0] for row in table.rows] == list(SPEC.variant_names())
+    assert all(row[6] == "93.00%" and row[1] == "–" for row in table.rows)  # batch 500 only
+    assert seed_log(ExperimentResults("deep-cnn")) == []
+
+
 @pytest.mark.slow
 def test_full_size_on_real_mnist(tmp_path: Path) -> None:
     """The seed's sizes on the real MNIST, one seed of no-bn and bn (about 2-4 min)."""

@@ -22,7 +22,8 @@ from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
 from bnlab.models.deep_cnn import DeepCNN
 from bnlab.report.claims import describe, every_run, every_run_at_step
 from bnlab.report.results import ExperimentResults
-from bnlab.report.spec import Claim, Curve, Metric, Verdict
+from bnlab.report.spec import Block, Claim, Curve, Metric, Verdict
+from bnlab.report.tables import steps_table
 from bnlab.train import Hook, HookContext, Trainer, evaluate, every
 from bnlab.train import distributed as data_parallel
 from bnlab.train.evaluate import predict, predict_one_at_a_time
@@ -300,6 +301,31 @@ CLAIMS = (
     ),
 )
 
+
+def seed_log(results: ExperimentResults) -> list[Block]:
+    """The seed's printed log as a table: validation accuracy after batch 0, 100, ..., end."""
+    runs = [r for v in results.variants for r in results.complete(v)]
+    if not runs:
+        return []
+    config = runs[0].config
+    num_batches = int(config.get("num_batches", 800))
+    every_ = int(config.get("validate_every", 100))
+    batches = list(range(0, num_batches, every_))
+    steps = [b + 1 for b in batches] + [num_batches]
+    headers = [f"batch {b}" for b in batches] + ["final"]
+    table = steps_table(
+        results,
+        list(VARIANTS),
+        "validation",
+        "accuracy",
+        steps,
+        headers,
+        caption=f"Validation accuracy after every {every_}th batch and at the end (the seed's "
+        "printed log), mean ± sd over seeds",
+    )
+    return [table] if table.rows else []
+
+
 SPEC: ExperimentSpec[DeepCNNConfig, Any] = ExperimentSpec(
     name="deep-cnn",
     title="batch norm makes a 20-layer CNN trainable (seed 000)",
@@ -348,6 +374,7 @@ SPEC: ExperimentSpec[DeepCNNConfig, Any] = ExperimentSpec(
         Curve("validation", "loss", "Validation loss", "loss", logy=True),
     ),
     claims=CLAIMS,
+    extra_blocks=seed_log,
     notes=(
         "TF-faithful presets: glorot-uniform kernels and zero biases (tf.layers defaults), "
         "BN epsilon 1e-3 and decay 0.99 (PyTorch momentum 0.01), Adam epsilon 1e-8, TF's "

@@ -24,6 +24,7 @@ from bnlab.report.spec import (
     Verdict,
 )
 from bnlab.report.stats import Summary, format_summary, format_value, summarize
+from bnlab.report.tables import steps_table
 
 __all__ = [
     "NOT_RUN",
@@ -56,5 +57,6 @@ __all__ = [
     "png_bytes",
     "render_html",
     "render_markdown",
+    "steps_table",
     "summarize",
 ]
