@@ -122,13 +122,27 @@ _MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
 _thread_state = threading.local()
 
 
+_pool_started = False
+
+
 def _threads() -> int:
     """Kernel threads: torch's setting, so ``torch.set_num_threads`` governs both.
 
+    numba's OpenMP pool is the one torch uses (same libgomp); starting it resets
+    OpenMP's thread count to ``NUMBA_NUM_THREADS``, which would silently undo a user's
+    ``torch.set_num_threads``. So the pool is started here and torch's count restored.
     ``numba.set_num_threads`` costs microseconds, so it is called only on a change.
     """
-    n = min(torch.get_num_threads(), _MAX_THREADS)
-    if getattr(_thread_state, "threads", None) != n:
+    global _pool_started
+    wanted = torch.get_num_threads()
+    n = min(wanted, _MAX_THREADS)
+    if not _pool_started:
+        numba.set_num_threads(n)  # starts the pool
+        _pool_started = True
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+        _thread_state.threads = n
+    elif getattr(_thread_state, "threads", None) != n:
         numba.set_num_threads(n)
         _thread_state.threads = n
     return n
