@@ -177,23 +177,34 @@ class _SyncBatchNormFn(torch.autograd.Function):
         dims = F.reduce_dims(nd)
         cdt = F.compute_dtype(x.dtype)
         dyc = dy.to(cdt)
-        xhat = F.normalize(x, mean, var, None, None, eps).to(cdt)
+        # x - mean in two parts, as normalize() does: the mean rounded to the compute
+        # dtype cancels exactly against x; the rounding remainder (mean_lo) is carried in
+        # the per-channel coefficients, which are formed in the wider stats dtype.
+        mean_hi = mean.to(cdt)
+        mean_lo = mean - mean_hi.to(mean.dtype)
+        invstd = torch.rsqrt(var + eps)
+        centered = x.to(cdt) - _per_channel(mean_hi, nd)  # the one full-size temporary
+        sum_dy = dyc.sum(dims).to(mean.dtype)
+        sum_dy_centered = (dyc * centered).sum(dims).to(mean.dtype)
         # The two per-channel sums are everything the input gradient needs from the other
         # ranks; stacked, they cross the wire in a single all-reduce.
-        local = torch.stack([dyc.sum(dims), (dyc * xhat).sum(dims)])
+        local = torch.stack([sum_dy, invstd * (sum_dy_centered - mean_lo * sum_dy)])
         sums = local.clone()
         try:
             dist.all_reduce(sums, group=group)
         except RuntimeError as err:
             _collective_failed("all-reduce of gradient sums", group, err)
-        # d x_i = gamma / sqrt(var + eps) * (dy_i - mean(dy) - xhat_i * mean(dy * xhat)),
-        # the means over all ranks' values (Ioffe & Szegedy 2015, section 3).
-        scale = torch.rsqrt(var + eps)
-        if weight is not None:
-            scale = scale * weight.to(scale.dtype)
-        mean_dy = _per_channel(sums[0] / total, nd)
-        mean_dy_xhat = _per_channel(sums[1] / total, nd)
-        dx = _per_channel(scale.to(cdt), nd) * (dyc - mean_dy - xhat * mean_dy_xhat)
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), the means over all ranks'
+        # values (Ioffe & Szegedy 2015, section 3), with scale = weight / sqrt(var + eps)
+        # and xhat = (centered - mean_lo) * invstd, is affine in dy and centered per
+        # channel: dx = a * dy + b * centered + c. Three in-place passes, no temporaries.
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        mean_dy, mean_dy_xhat = sums[0] / total, sums[1] / total
+        a = scale
+        b = -scale * invstd * mean_dy_xhat
+        c = -scale * mean_dy - b * mean_lo
+        dx = centered.mul_(_per_channel(b.to(cdt), nd)).add_(_per_channel(c.to(cdt), nd))
+        dx.addcmul_(dyc, _per_channel(a.to(cdt), nd))
 
         need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
         # Parameter gradients stay local (this rank's share of Σdy·x̂ and Σdy): summed over
