@@ -28,6 +28,10 @@ BUILTIN: dict[str, str] = {
     "mlp-solver": "bnlab.experiments.mlp_solver",
     "image-fcn": "bnlab.experiments.image_fcn",
     "cifar-convnet": "bnlab.experiments.cifar_convnet",
+    "bn-batch-size": "bnlab.experiments.bn_batch_size",
+    "bn-learning-rate": "bnlab.experiments.bn_learning_rate",
+    "renorm-small-batch": "bnlab.experiments.renorm_small_batch",
+    "precise-bn": "bnlab.experiments.precise_bn",
 }
 
 _REGISTERED: dict[str, ExperimentSpec[Any, Any]] = {}
