@@ -22,6 +22,7 @@ from torch import Tensor
 
 from bnlab.norm import _validation
 from bnlab.norm.functional import _empty_batch_norm, batch_stats, normalize
+from bnlab.norm.kernels import _numba as K
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -209,6 +210,53 @@ def _np_param(t: Tensor | None, num_channels: int, fill: float, dtype: torch.dty
 _EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in SUPPORTED_DTYPES}
 
 
+def _forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    relu: bool,
+) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray, Plan]:
+    """Run the forward kernel: ``(y, x as used, float64 mean, float64 invstd, plan)``."""
+    threads = _threads()
+    plan = plan_for(x, threads)
+    if plan.layout == "contiguous" and not x.is_contiguous():
+        x = x.contiguous()
+    num_channels = x.shape[1]
+    w = _np_param(weight, num_channels, 1.0, x.dtype)
+    b = _np_param(bias, num_channels, 0.0, x.dtype)
+    y = torch.empty_like(x)
+    mean = np.empty(num_channels)
+    invstd = np.empty(num_channels)
+    xv, yv = plan.view(x), plan.out_view(y)
+    if training:
+        rm, rv, write_back = _running_arrays(running_mean, running_var, x.dtype)
+        if plan.schedule == "channel":
+            K.channel_forward_train(xv, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum)
+        else:
+            chan, first = plan.columns()
+            K.rows_forward_train(
+                xv, chan, first, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum, threads
+            )
+        if write_back is not None:
+            write_back()
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("eval mode needs running_mean and running_var")
+        rm = _np_param(running_mean, num_channels, 0.0, x.dtype)
+        rv = _np_param(running_var, num_channels, 1.0, x.dtype)
+        if plan.schedule == "channel":
+            K.channel_forward_eval(xv, w, b, eps, relu, yv, rm, rv, mean, invstd)
+        else:
+            chan, _first = plan.columns()
+            K.rows_forward_eval(xv, chan, w, b, eps, relu, yv, rm, rv, mean, invstd, threads)
+    return y, x, mean, invstd, plan
+
+
 class FusedBatchNormFunction(torch.autograd.Function):
     """Batch norm (optionally followed by ReLU) with fused forward and backward kernels.
 
@@ -249,40 +297,9 @@ class FusedBatchNormFunction(torch.autograd.Function):
         eps: float,
         relu: bool,
     ) -> Tensor:
-        from bnlab.norm.kernels import _numba as K
-
-        threads = _threads()
-        plan = plan_for(x, threads)
-        if plan.layout == "contiguous" and not x.is_contiguous():
-            x = x.contiguous()
-        num_channels = x.shape[1]
-        w = _np_param(weight, num_channels, 1.0, x.dtype)
-        b = _np_param(bias, num_channels, 0.0, x.dtype)
-        y = torch.empty_like(x)
-        mean = np.empty(num_channels)
-        invstd = np.empty(num_channels)
-        xv, yv = plan.view(x), plan.out_view(y)
-        if training:
-            rm, rv, write_back = _running_arrays(running_mean, running_var, x.dtype)
-            if plan.schedule == "channel":
-                K.channel_forward_train(xv, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum)
-            else:
-                chan, first = plan.columns()
-                K.rows_forward_train(
-                    xv, chan, first, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum, threads
-                )
-            if write_back is not None:
-                write_back()
-        else:
-            if running_mean is None or running_var is None:
-                raise ValueError("eval mode needs running_mean and running_var")
-            rm = _np_param(running_mean, num_channels, 0.0, x.dtype)
-            rv = _np_param(running_var, num_channels, 1.0, x.dtype)
-            if plan.schedule == "channel":
-                K.channel_forward_eval(xv, w, b, eps, relu, yv, rm, rv, mean, invstd)
-            else:
-                chan, _first = plan.columns()
-                K.rows_forward_eval(xv, chan, w, b, eps, relu, yv, rm, rv, mean, invstd, threads)
+        y, x, mean, invstd, plan = _forward(
+            x, weight, bias, running_mean, running_var, training, momentum, eps, relu
+        )
         ctx.save_for_backward(x, weight, bias)
         ctx.stats = (mean, invstd)
         ctx.plan = plan
@@ -343,8 +360,6 @@ def _running_arrays(
 def _fused_backward(
     ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor, need_dx: bool
 ) -> tuple[Tensor | None, Tensor, Tensor]:
-    from bnlab.norm.kernels import _numba as K
-
     threads = _threads()
     plan: Plan = ctx.plan
     num_channels = x.shape[1]
@@ -462,6 +477,13 @@ def batch_norm_fused(
             input, running_mean, running_var, weight, bias, training, momentum, eps
         )
         return torch.relu(y) if relu else y
+    if not torch.is_grad_enabled() or not any(
+        t is not None and t.requires_grad for t in (input, weight, bias)
+    ):
+        # Nothing to differentiate (inference): skip the autograd Function's overhead.
+        return _forward(
+            input, weight, bias, running_mean, running_var, training, momentum, eps, relu
+        )[0]
     out: Tensor = FusedBatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, relu
     )
