@@ -46,6 +46,11 @@ _MIN_CHANNEL_ROW = 32
 _MIN_ROW_WIDTH = 64
 # Above this many columns the row schedule's per-column partial sums outgrow the cache.
 _MAX_ROW_WIDTH = 1 << 16
+# The channel schedule gives a task enough adjacent channels to read this many contiguous
+# bytes per row (one page: the hardware prefetcher streams within a page), while the
+# task's slice stays under _MAX_SLICE (x and dy of a slice share a 2 MB L2 in backward).
+_MIN_SEGMENT = 4096
+_MAX_SLICE = 512 * 1024
 
 
 def is_supported(input: Tensor) -> bool:
@@ -63,7 +68,8 @@ class Plan:
         layout: ``"contiguous"`` (NCHW-style) or ``"channels_last"`` (channels innermost).
         shape: the 3-D (channel) or 2-D (rows) view the kernels see.
         rep: for ``"rows"``, how many channel groups one view row holds (``W = rep * C``
-            channels-last) or values per channel group (``W = C * rep`` contiguous).
+            channels-last) or values per channel group (``W = C * rep`` contiguous); for
+            ``"channel"``, how many adjacent channels one task owns.
         ndim: rank of the planned tensor.
     """
 
@@ -186,10 +192,28 @@ def _make_plan(input: Tensor, tasks: int) -> Plan:
                 rep = k
                 break
         return Plan("rows", "channels_last", (rows // rep, rep * c), rep, ndim)
-    balanced = c % tasks == 0 or c >= 4 * tasks
-    if length >= _MIN_CHANNEL_ROW and (balanced or c * length > _MAX_ROW_WIDTH):
-        return Plan("channel", "contiguous", (n, c, length), length, ndim)
+    if length >= _MIN_CHANNEL_ROW:
+        group = _channel_group(n, c, length, input.element_size(), tasks)
+        groups = -(-c // group)
+        balanced = groups % tasks == 0 or groups >= 4 * tasks
+        if balanced or c * length > _MAX_ROW_WIDTH:
+            return Plan("channel", "contiguous", (n, c, length), group, ndim)
     return Plan("rows", "contiguous", (n, c * length), length, ndim)
+
+
+def _channel_group(n: int, c: int, length: int, itemsize: int, tasks: int) -> int:
+    """Adjacent channels per task in the channel schedule.
+
+    Enough that a task reads ``_MIN_SEGMENT`` contiguous bytes per row, few enough that a
+    task's slice (x and dy in backward) stays within ``_MAX_SLICE`` of cache and that
+    every thread gets a task.
+    """
+    row = length * itemsize
+    largest = max(1, min(-(-_MIN_SEGMENT // row), _MAX_SLICE // (n * row), c // tasks))
+    for group in range(largest, 0, -1):  # prefer equal groups, an equal number per thread
+        if c % group == 0 and (c // group) % tasks == 0:
+            return group
+    return largest
 
 
 @functools.lru_cache(maxsize=64)
@@ -237,7 +261,9 @@ def _forward(
     if training:
         rm, rv, write_back = _running_arrays(running_mean, running_var, x.dtype)
         if plan.schedule == "channel":
-            K.channel_forward_train(xv, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum)
+            K.channel_forward_train(
+                xv, w, b, eps, relu, yv, mean, invstd, rm, rv, momentum, plan.rep
+            )
         else:
             chan, first = plan.columns()
             K.rows_forward_train(
@@ -375,7 +401,7 @@ def _fused_backward(
     sum_gxhat = np.empty(num_channels)
     args = (w, b, mean, invstd, ctx.training, ctx.relu, need_dx, dxv, sum_g, sum_gxhat)
     if plan.schedule == "channel":
-        K.channel_backward(xv, dyv, *args)
+        K.channel_backward(xv, dyv, *args, plan.rep)
     else:
         chan, _first = plan.columns()
         K.rows_backward(xv, dyv, chan, *args, threads)
