@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bnlab.norm.kernels import fused_batch_norm
@@ -38,8 +39,9 @@ def test_small_strided_and_over_budget_outputs_are_not_pooled() -> None:
     assert pool.mapped_bytes == 512 * 400 * 4
 
 
-def test_fused_outputs_survive_later_calls() -> None:
-    x = torch.randn(16, 64, 32, 32, requires_grad=True)  # 4 MB: pooled
+def test_fused_outputs_survive_later_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output_pool, "min_bytes", 1 << 20)  # pool this 4 MB tensor too
+    x = torch.randn(16, 64, 32, 32, requires_grad=True)
     y1 = fused_batch_norm(x, None, None, training=True)
     y2 = fused_batch_norm(x * 2, None, None, training=True)
     assert y1.data_ptr() != y2.data_ptr()

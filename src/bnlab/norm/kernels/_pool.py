@@ -20,12 +20,17 @@ from torch import Tensor
 
 __all__ = ["OutputPool", "output_pool"]
 
+# glibc serves allocations up to this size (its largest dynamic mmap threshold, 64-bit)
+# from the heap once one of that size was freed, reusing mapped memory; larger ones are
+# mapped fresh every time. Below it the pool would only add its own overhead (measured).
+_GLIBC_MMAP_MAX = 32 << 20
+
 
 class OutputPool:
     """Buffers for outputs of at least ``min_bytes``, at most ``max_bytes`` kept in all.
 
     Args:
-        min_bytes: smaller outputs come from ``torch.empty_like`` (malloc reuses those).
+        min_bytes: smaller outputs come from ``torch.empty_like`` (glibc reuses those).
         max_bytes: memory the pool may keep mapped; beyond it outputs are not pooled.
 
     >>> pool = OutputPool(min_bytes=1 << 20, max_bytes=64 << 20)
@@ -35,7 +40,7 @@ class OutputPool:
     True
     """
 
-    def __init__(self, min_bytes: int = 1 << 20, max_bytes: int = 512 << 20) -> None:
+    def __init__(self, min_bytes: int = _GLIBC_MMAP_MAX, max_bytes: int = 512 << 20) -> None:
         if min_bytes < 0 or max_bytes < 0:
             raise ValueError(
                 f"min_bytes and max_bytes must be >= 0; got {min_bytes} and {max_bytes}"
@@ -62,7 +67,9 @@ class OutputPool:
         channels-last tensors are); others get ``torch.empty_like``.
         """
         nbytes = x.numel() * x.element_size()
-        if nbytes < self.min_bytes or x.device.type != "cpu" or not _dense(x):
+        if nbytes < self.min_bytes or x.device.type != "cpu":
+            return torch.empty_like(x)
+        if not x.is_contiguous() and not _dense(x):
             return torch.empty_like(x)
         size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
         with self._lock:
