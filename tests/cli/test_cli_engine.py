@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -99,10 +100,27 @@ def test_quick_run_report_and_rerun(
 
 
 def test_reproduce_records_missing_data_and_writes_the_report(
-    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mnist_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # deep-cnn runs on the synthetic data; the same command with an empty data directory
-    # must record deep-cnn as not run and still write the report.
+    # The suite here: deep-cnn, and an experiment whose data are missing (as CIFAR-10 is on
+    # these machines). reproduce must run the first, record the second, write the report.
+    from bnlab.errors import BnlabError
+    from bnlab.experiments import registry
+    from bnlab.experiments.deep_cnn import SPEC
+
+    def no_cifar(data_dir: Path | None, progress: bool) -> None:
+        raise BnlabError("CIFAR-10 not found in the cache; download it and pass --data-dir DIR")
+
+    monkeypatch.setattr(registry, "BUILTIN", {"deep-cnn": registry.BUILTIN["deep-cnn"]})
+    monkeypatch.setitem(
+        registry._REGISTERED,
+        "needs-cifar",
+        dataclasses.replace(SPEC, name="needs-cifar", load_data=no_cifar),
+    )
+
     out = tmp_path / "runs"
     assert (
         _run(
@@ -110,22 +128,36 @@ def test_reproduce_records_missing_data_and_writes_the_report(
         )
         == 0
     )
+    captured = capsys.readouterr()
+    assert "not run (see the report for why and what to do): needs-cifar" in captured.out
     assert len(list((out / "deep-cnn").glob("*/seed-0/result.json"))) == 6
-    assert (out / "report.html").is_file()
+    assert (
+        "download it and pass --data-dir"
+        in json.loads((out / "needs-cifar" / "not-run.json").read_text())["reason"]
+    )
+    md = (out / "report.md").read_text()
+    assert "NOT RUN. CIFAR-10 not found in the cache; download it and pass --data-dir DIR" in md
+    assert "| deep-cnn | 6/6 runs finished |" in md
 
+    # With no data at all, deep-cnn is recorded as not run too, and the report still appears.
     empty = tmp_path / "empty"
     empty.mkdir()
     out2 = tmp_path / "runs2"
     assert (
-        _run("reproduce", "--quick", "--seeds", "1", "--out", str(out2), "--data-dir", str(empty))
+        _run(
+            "reproduce",
+            "--quick",
+            "--experiment",
+            "deep-cnn",
+            "--out",
+            str(out2),
+            "--data-dir",
+            str(empty),
+        )
         == 0
     )
-    captured = capsys.readouterr()
-    assert "not run" in captured.out and "deep-cnn" in captured.out
     reason = json.loads((out2 / "deep-cnn" / "not-run.json").read_text())["reason"]
-    assert str(empty) in reason
-    md = (out2 / "report.md").read_text()
-    assert "NOT RUN." in md and str(empty) in md
+    assert str(empty) in reason and str(empty) in (out2 / "report.md").read_text()
 
 
 def test_user_errors_exit_2_with_the_valid_names(

@@ -26,7 +26,7 @@ from bnlab.errors import BnlabError
 from bnlab.experiments.base import ExperimentSpec, RunContext, config_to_dict
 from bnlab.report.results import NOT_RUN
 from bnlab.train import distributed as data_parallel
-from bnlab.train.env import capture_environment
+from bnlab.train.env import capture_environment, process_git_revision
 from bnlab.train.errors import RunConflictError
 from bnlab.train.io import write_json_atomic
 from bnlab.train.progress import progress_enabled
@@ -259,6 +259,7 @@ def run_experiment(
         spec.config_for(name, 0, quick=quick, overrides=overrides)
     seeds_ = seed_list(seeds)
     show = progress_enabled(progress)
+    process_git_revision()  # pin the revision of the code this process runs, before any run
     exp_dir = Path(out_dir) / spec.name
     try:
         data = spec.load_data(Path(data_dir) if data_dir is not None else None, show)

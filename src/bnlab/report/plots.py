@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure as MplFigure
+from typing import TYPE_CHECKING
 
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Curve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
 
 __all__ = ["PALETTE", "curve_png", "png_bytes"]
 
@@ -36,6 +37,9 @@ PALETTE = (
 
 def png_bytes(fig: MplFigure) -> bytes:
     """Render ``fig`` to PNG bytes with no metadata (deterministic output)."""
+    # matplotlib is imported where it is used: every CLI command imports this module.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
@@ -56,6 +60,8 @@ def curve_png(
     Returns:
         ``(png, n_lines)``, or ``None`` when no finished run logged the curve's values.
     """
+    from matplotlib.figure import Figure as MplFigure
+
     chosen = [v for v in variants if curve.variants is None or v in curve.variants]
     scale = 100.0 if curve.fmt == "pct" else 1.0
     fig = MplFigure(figsize=(7.5, 4.0))

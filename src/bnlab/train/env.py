@@ -46,6 +46,21 @@ def git_revision(directory: str | Path | None = None) -> dict[str, Any]:
     return {"revision": sha or None, "dirty": bool(status.strip())}
 
 
+_PROCESS_GIT: dict[str, Any] | None = None
+
+
+def process_git_revision() -> dict[str, Any]:
+    """:func:`git_revision` taken once per process, at the first call.
+
+    The code a process runs is the code it imported when it started; a long
+    ``bnlab reproduce`` must not record a later revision because the tree moved under it.
+    """
+    global _PROCESS_GIT
+    if _PROCESS_GIT is None:
+        _PROCESS_GIT = git_revision()
+    return dict(_PROCESS_GIT)
+
+
 def capture_environment() -> dict[str, Any]:
     """Return a JSON-ready description of the software and machine running now."""
     return {
@@ -61,6 +76,6 @@ def capture_environment() -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "argv": list(sys.argv),
-        "git": git_revision(),
+        "git": process_git_revision(),
         "data_parallel": data_parallel.current().describe(),  # world size, backend, sync_bn
     }
