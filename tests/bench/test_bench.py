@@ -24,6 +24,7 @@ from bnlab.bench import (
 from bnlab.bench.report import BenchConfig, check_claims, count_cases
 from bnlab.bench.shapes import BenchShape, deep_cnn_shapes
 from bnlab.bench.suite import layout_applies, make_candidates
+from bnlab.bench.timing import STATS
 from bnlab.cli import cmd_bench
 from bnlab.cli.main import main
 from bnlab.errors import UnknownNameError
@@ -42,7 +43,10 @@ def test_interleaved_times_every_candidate_and_orders_them() -> None:
     t = interleaved({"fast": fast, "slow": slow}, min_rounds=4, max_rounds=4, budget_s=0)
     assert t["fast"].samples == t["slow"].samples == 4
     assert t["fast"].median < t["slow"].median
-    assert t["slow"].q25 <= t["slow"].median <= t["slow"].q75
+    assert t["slow"].min <= t["slow"].q25 <= t["slow"].median <= t["slow"].q75
+    assert t["slow"].stat("min") == t["slow"].min
+    with pytest.raises(ValueError, match="unknown statistic 'mean'"):
+        t["slow"].stat("mean")
     assert calls["fast"] >= 4 * t["fast"].calls_per_sample  # warm-up and calibration extra
     with pytest.raises(ValueError, match="at least one candidate"):
         interleaved({})
@@ -126,6 +130,7 @@ def test_cli_choices_match_the_library() -> None:
     assert cmd_bench.LAYOUTS == LAYOUTS
     assert cmd_bench.MODES == MODES
     assert cmd_bench.BACKENDS == BACKENDS
+    assert cmd_bench.STATS == STATS
     assert count_cases(BenchConfig(quick=True)) == 3 * len(MODES)  # conv x2 layouts, dense x1
 
 
@@ -133,7 +138,7 @@ def test_bench_quick_writes_json_and_prints_the_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "deep" / "bench.json"
-    assert main(["bench", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--no-progress", "--stat", "min", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "fused/roof" in printed and "deep-cnn training step" in printed
     assert "claims:" in printed and f"wrote {out}" in printed
@@ -143,6 +148,8 @@ def test_bench_quick_writes_json_and_prints_the_table(
     case = document["cases"][0]
     assert set(case["times"]) == set(BACKENDS)
     assert case["roofline_s"] > 0 and case["copy_bandwidth_gb_s"] > 0
+    assert case["stat"] == "min" and case["min_roofline_s"] == case["roofline_s"]
+    assert all(t["min_s"] <= t["median_s"] for t in case["times"].values())
     assert document["nets"]["fold_latency"]["max_rel_diff"] < 1e-5
     assert set(document["nets"]["deep_cnn_step"]["ratios"]) == {
         "bnlab-bn/no-bn",

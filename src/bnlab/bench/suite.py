@@ -7,6 +7,7 @@ interleaved rounds; the copy gives the bandwidth, hence the roofline, of that ve
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,27 +51,29 @@ class CaseResult:
     copy: Timing
     auto_backend: str
     nbytes: int
+    stat: str = "median"  # the statistic of the times that properties and ratios use
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bandwidth(self) -> float:
         """Copy bandwidth (bytes/s) measured in the same rounds."""
-        return copy_bandwidth(self.nbytes, self.copy.median)
+        return copy_bandwidth(self.nbytes, self.copy.stat(self.stat))
 
     @property
     def roofline(self) -> float:
         """Bandwidth-bound time of this mode (seconds)."""
         return roofline_seconds(self.mode, self.nbytes, self.bandwidth)
 
+    def time(self, name: str) -> float:
+        """The time (seconds, statistic :attr:`stat`) of a backend, or ``"roofline"``."""
+        return self.roofline if name == "roofline" else self.times[name].stat(self.stat)
+
     def ratio(self, numerator: str, denominator: str) -> float:
         """``time(numerator) / time(denominator)``; either may be ``"roofline"``."""
-
-        def t(name: str) -> float:
-            return self.roofline if name == "roofline" else self.times[name].median
-
-        return t(numerator) / t(denominator)
+        return self.time(numerator) / self.time(denominator)
 
     def as_dict(self) -> dict[str, Any]:
+        by_min = dataclasses.replace(self, stat="min")
         return {
             "source": self.shape.source,
             "shape": list(self.shape.shape),
@@ -84,6 +87,9 @@ class CaseResult:
             "copy": self.copy.as_dict(),
             "copy_bandwidth_gb_s": self.bandwidth / 1e9,
             "roofline_s": self.roofline,
+            "stat": self.stat,
+            "min_copy_bandwidth_gb_s": by_min.bandwidth / 1e9,
+            "min_roofline_s": by_min.roofline,
             **self.extra,
         }
 
@@ -218,6 +224,7 @@ def run_suite(
     min_rounds: int = 5,
     max_rounds: int = 30,
     on_case: Callable[[CaseResult], None] | None = None,
+    stat: str = "median",
 ) -> list[CaseResult]:
     """Time every (shape, layout, dtype, mode) for every backend; see :func:`make_candidates`.
 
@@ -227,6 +234,7 @@ def run_suite(
         shapes, layouts, dtypes, modes, backends: the matrix.
         budget_s, min_rounds, max_rounds: per case, as :func:`bnlab.bench.timing.interleaved`.
         on_case: called with each result as it is measured (progress, printing).
+        stat: ``"median"`` or ``"min"``, the statistic the results' ratios use.
 
     Returns:
         One :class:`CaseResult` per case, in matrix order.
@@ -258,6 +266,7 @@ def run_suite(
                         copy=copy,
                         auto_backend=dispatch.resolve_backend("auto", probe, mode != "inference"),
                         nbytes=probe.numel() * probe.element_size(),
+                        stat=stat,
                     )
                     results.append(result)
                     if on_case is not None:
@@ -275,7 +284,9 @@ _SHORT_LAYOUT = {"contiguous": "NCHW", "channels_last": "NHWC"}
 
 
 def format_table(results: Sequence[CaseResult]) -> str:
-    """A plain-text table: median ms per backend, roofline, and the ratios that matter.
+    """A plain-text table: ms per backend, roofline, and the ratios that matter.
+
+    Times are each result's statistic (:attr:`CaseResult.stat`, the median by default).
 
     ``torch/auto`` > 1 means bnlab's default path is faster than torch's kernel;
     ``fused/roof`` is how far the fused kernel is from the bandwidth limit (1.0 = at it).
@@ -286,7 +297,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
     rows = [header]
     for r in results:
         row = [r.shape.label, _SHORT_LAYOUT.get(r.layout, r.layout), r.dtype, r.mode]
-        row += [_ms(r.times[b].median) for b in backends]
+        row += [_ms(r.time(b)) for b in backends]
         row += [_ms(r.roofline), f"{r.bandwidth / 1e9:.1f}", r.auto_backend]
         row.append(f"{r.ratio('native', 'auto'):.2f}" if "auto" in r.times else "-")
         row.append(f"{r.ratio('fused', 'roofline'):.2f}" if "fused" in r.times else "-")

@@ -13,28 +13,44 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Timing", "interleaved"]
+__all__ = ["STATS", "Timing", "interleaved"]
 
 #: A sample should last at least this long (seconds) so timer overhead stays negligible.
 _MIN_SAMPLE_S = 1e-3
 _MAX_INNER = 2000
 
 
+#: The statistics a :class:`Timing` offers: the median (the default everywhere) and the
+#: minimum (the least-disturbed sample: on a shared machine, the best estimate of the
+#: time without the other jobs).
+STATS: tuple[str, ...] = ("median", "min")
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Per-call times (seconds) of one candidate: median and quartiles over the samples."""
+    """Per-call times (seconds) of one candidate: median, quartiles, minimum."""
 
     median: float
     q25: float
     q75: float
     samples: int
     calls_per_sample: int
+    min: float = float("nan")
+
+    def stat(self, name: str) -> float:
+        """The statistic ``name`` (one of :data:`STATS`)."""
+        if name == "median":
+            return self.median
+        if name == "min":
+            return self.min
+        raise ValueError(f"unknown statistic {name!r}; expected one of: {', '.join(STATS)}")
 
     def as_dict(self) -> dict[str, float | int]:
         return {
             "median_s": self.median,
             "q25_s": self.q25,
             "q75_s": self.q75,
+            "min_s": self.min,
             "samples": self.samples,
             "calls_per_sample": self.calls_per_sample,
         }
@@ -114,5 +130,7 @@ def interleaved(
     result = {}
     for name, values in samples.items():
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-        result[name] = Timing(statistics.median(values), q[0], q[2], len(values), inner[name])
+        result[name] = Timing(
+            statistics.median(values), q[0], q[2], len(values), inner[name], min(values)
+        )
     return result

@@ -15,12 +15,13 @@ _DEFAULT_OUT = "bench-results/bench.json"
 
 
 # Kept here as literals so that ``bnlab --help`` does not import torch; a test checks them
-# against bnlab.bench (SHAPE_SETS, LAYOUTS, MODES, BACKENDS).
+# against bnlab.bench (SHAPE_SETS, LAYOUTS, MODES, BACKENDS, STATS).
 SHAPE_SETS = ("all", "deep-cnn", "large", "quick", "seeds")
 LAYOUTS = ("contiguous", "channels_last")
 MODES = ("forward", "backward", "forward+backward", "inference")
 BACKENDS = ("native", "reference", "fused", "auto")
 DTYPES = ("float32", "float64")
+STATS = ("median", "min")
 
 
 def _seconds(text: str) -> float:
@@ -95,6 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"JSON file to write (default {_DEFAULT_OUT})",
     )
+    parser.add_argument(
+        "--stat",
+        default="median",
+        choices=STATS,
+        help="statistic of the printed table and the claims: median (default) or min, the "
+        "least-disturbed sample (on a shared machine, the estimate of the quiet time); "
+        "the JSON holds both",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -119,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         nets=not args.no_nets,
         quick=args.quick,
+        stat=args.stat,
     )
     bar = progress_bar(
         count_cases(config), "bench", enabled=progress_enabled(not args.no_progress), unit="case"
@@ -138,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(cases))
     if document["nets"] is not None:
         print()
-        print(format_nets(document["nets"]))
+        print(format_nets(document["nets"], args.stat))
     print()
     print("claims:")
     print(format_claims(document["claims"]))
