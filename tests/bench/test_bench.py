@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from bnlab.bench import (
     copy_bandwidth,
     format_table,
     interleaved,
+    machine,
     roofline_seconds,
     run_suite,
     shape_set,
@@ -168,3 +170,27 @@ def test_bench_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["bench", "--shapes", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_interference_is_what_others_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = os.cpu_count() or 1
+    before = machine.Snapshot(busy_s=100.0, own_s=5.0, wall_s=10.0)
+    # 2 s of wall time: all cores busy, 1 CPU-second of it ours.
+    after = machine.Snapshot(busy_s=100.0 + 2.0 * cores, own_s=6.0, wall_s=12.0)
+    assert machine.interference(before, after) == pytest.approx((2.0 * cores - 1.0) / (2 * cores))
+    assert machine.interference(before, machine.Snapshot(None, 6.0, 12.0)) is None
+
+    levels = iter([0.5, 0.2, 0.01])
+    monkeypatch.setattr(machine, "wait_for_quiet", lambda *a, **k: 0.0)
+    monkeypatch.setattr(machine, "interference", lambda *a: next(levels))
+    calls = []
+    result, level, attempts = machine.measure_quietly(
+        lambda: calls.append(1) or len(calls), quiet=True, attempts=5, max_interference=0.05
+    )
+    assert (result, level, attempts) == (3, 0.01, 3)  # retried until quiet enough
+    levels = iter([0.5, 0.2])
+    result, level, attempts = machine.measure_quietly(lambda: len(calls), quiet=True, attempts=2)
+    assert (level, attempts) == (0.2, 2)  # never quiet: the least disturbed attempt is kept
+    levels = iter([0.9])
+    result, level, attempts = machine.measure_quietly(lambda: "once", quiet=False)
+    assert attempts == 1 and result == "once"

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from bnlab.bench.machine import measure_quietly
 from bnlab.bench.nets import deep_cnn_step, fold_latency
 from bnlab.bench.roofline import MODES
 from bnlab.bench.shapes import shape_set
@@ -43,6 +44,7 @@ class BenchConfig:
     nets: bool = True  # also the deep-CNN training step and fold_bn latency
     quick: bool = False  # tiny shapes and networks, 3 rounds: a smoke run of every path
     stat: str = "median"  # statistic of the table and claims: "median" or "min" (see timing)
+    quiet: bool = False  # wait for a quiet machine before each case, retry disturbed ones
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,6 +158,7 @@ def run_benchmark(
         max_rounds=max_rounds,
         on_case=on_case,
         stat=config.stat,
+        quiet=config.quiet,
     )
     nets: dict[str, Any] | None = None
     if config.nets:
@@ -163,8 +166,10 @@ def run_benchmark(
             step = deep_cnn_step(8, budget_s=0.0, min_rounds=2, max_rounds=2, num_conv_layers=3)
             fold = fold_latency(budget_s=0.0, min_rounds=2, max_rounds=2, num_conv_layers=3)
         else:
-            step = deep_cnn_step(64)
-            fold = fold_latency()
+            step, level, attempts = measure_quietly(lambda: deep_cnn_step(64), quiet=config.quiet)
+            step |= {"interference": level, "attempts": attempts}
+            fold, level, attempts = measure_quietly(fold_latency, quiet=config.quiet)
+            fold |= {"interference": level, "attempts": attempts}
         nets = {"deep_cnn_step": step, "fold_latency": fold}
     return {
         "config": {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra,

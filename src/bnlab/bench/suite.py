@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnlab.bench.machine import measure_quietly
 from bnlab.bench.roofline import MODES, copy_bandwidth, roofline_seconds
 from bnlab.bench.shapes import BenchShape
 from bnlab.bench.timing import Timing, interleaved
@@ -225,6 +226,7 @@ def run_suite(
     max_rounds: int = 30,
     on_case: Callable[[CaseResult], None] | None = None,
     stat: str = "median",
+    quiet: bool = False,
 ) -> list[CaseResult]:
     """Time every (shape, layout, dtype, mode) for every backend; see :func:`make_candidates`.
 
@@ -235,6 +237,9 @@ def run_suite(
         budget_s, min_rounds, max_rounds: per case, as :func:`bnlab.bench.timing.interleaved`.
         on_case: called with each result as it is measured (progress, printing).
         stat: ``"median"`` or ``"min"``, the statistic the results' ratios use.
+        quiet: wait for a quiet machine before each case and repeat disturbed cases
+            (:func:`bnlab.bench.machine.measure_quietly`); each result records the
+            interference it was measured under.
 
     Returns:
         One :class:`CaseResult` per case, in matrix order.
@@ -250,11 +255,11 @@ def run_suite(
                 probe = probe.contiguous(memory_format=fmt or torch.contiguous_format)
                 for mode in modes:
                     candidates = make_candidates(bench_shape.shape, layout, dtype, mode, backends)
-                    timings = interleaved(
-                        candidates,
-                        min_rounds=min_rounds,
-                        max_rounds=max_rounds,
-                        budget_s=budget_s,
+                    timings, level, attempts = measure_quietly(
+                        lambda c=candidates: interleaved(  # type: ignore[misc]
+                            c, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s
+                        ),
+                        quiet=quiet,
                     )
                     copy = timings.pop("copy")
                     result = CaseResult(
@@ -267,6 +272,7 @@ def run_suite(
                         auto_backend=dispatch.resolve_backend("auto", probe, mode != "inference"),
                         nbytes=probe.numel() * probe.element_size(),
                         stat=stat,
+                        extra={"interference": level, "attempts": attempts},
                     )
                     results.append(result)
                     if on_case is not None:
@@ -294,6 +300,9 @@ def format_table(results: Sequence[CaseResult]) -> str:
     backends = [b for b in BACKENDS if results and b in results[0].times]
     header = ["shape", "layout", "dtype", "mode", *(f"{b} ms" for b in backends)]
     header += ["roof ms", "GB/s", "auto->", "torch/auto", "fused/roof"]
+    show_others = any(r.extra.get("interference") is not None for r in results)
+    if show_others:
+        header.append("others%")  # share of the cores other processes used meanwhile
     rows = [header]
     for r in results:
         row = [r.shape.label, _SHORT_LAYOUT.get(r.layout, r.layout), r.dtype, r.mode]
@@ -301,6 +310,9 @@ def format_table(results: Sequence[CaseResult]) -> str:
         row += [_ms(r.roofline), f"{r.bandwidth / 1e9:.1f}", r.auto_backend]
         row.append(f"{r.ratio('native', 'auto'):.2f}" if "auto" in r.times else "-")
         row.append(f"{r.ratio('fused', 'roofline'):.2f}" if "fused" in r.times else "-")
+        if show_others:
+            level = r.extra.get("interference")
+            row.append("-" if level is None else f"{100 * level:.0f}")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []

@@ -104,6 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "least-disturbed sample (on a shared machine, the estimate of the quiet time); "
         "the JSON holds both",
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="on a shared machine: wait until other processes leave the cores before each "
+        "case, and repeat a case they disturbed (up to 3 times; the JSON records the "
+        "interference each case was measured under)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         nets=not args.no_nets,
         quick=args.quick,
         stat=args.stat,
+        quiet=args.quiet,
     )
     bar = progress_bar(
         count_cases(config), "bench", enabled=progress_enabled(not args.no_progress), unit="case"
