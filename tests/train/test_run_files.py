@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def test_failed_atomic_write_leaves_the_old_file(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-write")
     assert read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    # Readable like a file written with open() (mkstemp alone would leave it 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_metrics_log_truncates_and_reader_drops_a_torn_line(tmp_path: Path) -> None:

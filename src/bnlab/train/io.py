@@ -18,6 +18,13 @@ from typing import IO, Any
 import torch
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: ``0o666`` minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
     """Open a temporary file next to ``path`` for writing; rename it over ``path`` on success.
@@ -38,6 +45,8 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            # mkstemp creates 0600 files; give the result the permissions of a plain open().
+            os.fchmod(handle.fileno(), _new_file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
