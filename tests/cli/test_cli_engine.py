@@ -59,7 +59,7 @@ def test_quick_run_report_and_rerun(
     )
     assert config["config"]["norm"] == "bn" and config["config"]["bn_eps"] == 1e-3
     env = json.loads((run / "env.json").read_text())
-    assert isinstance(env["torch_threads"], int) and "revision" in env["git"]
+    assert env["torch_threads"] == 1 and "revision" in env["git"]  # --threads 1 held
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records if r["tag"] == "train"] == list(range(1, 13))
     # Validation after batch_i 0, 5, 10 (steps 1, 6, 11) and the final one at step 12.
