@@ -131,7 +131,7 @@ def extra_blocks(results: ExperimentResults) -> list[Block]:
             "test_accuracy",
             xlabel="batch size",
             ylabel="test accuracy",
-            title="norm: test accuracy vs batch size",
+            title="Test accuracy vs batch size",
             name="accuracy-vs-batch-size",
         )
     )

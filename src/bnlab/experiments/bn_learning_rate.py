@@ -160,7 +160,7 @@ def extra_blocks(results: ExperimentResults) -> list[Block]:
             "test_accuracy",
             xlabel="SGD learning rate",
             ylabel="test accuracy",
-            title="norm: test accuracy vs learning rate",
+            title="Test accuracy vs SGD learning rate",
             name="accuracy-vs-learning-rate",
             extra=diverged,
         )

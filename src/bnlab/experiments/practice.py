@@ -286,6 +286,7 @@ def sweep_blocks(
     ylabel: str,
     title: str,
     name: str,
+    group_label: str = "norm",
     logx: bool = True,
     fmt: str = "pct",
     extra: Callable[[str], str] | None = None,
@@ -295,6 +296,7 @@ def sweep_blocks(
     Args:
         groups: group label -> {swept value -> variant name}, e.g.
             ``{"BN": {2: "bn-b2", 4: "bn-b4"}, "GN": {...}}``.
+        group_label: the table's first column header.
         key: the final metric plotted.
         extra: optional ``variant -> text`` for an extra table column (e.g. divergences).
     """
@@ -344,7 +346,7 @@ def sweep_blocks(
     fig.tight_layout()
     buffer = io.BytesIO(png_bytes(fig))
     table = Table(
-        (title.split(":")[0], *(f"{x:g}" for x in xs_all)),
+        (group_label, *(f"{x:g}" for x in xs_all)),
         tuple(rows),
         caption=f"{ylabel}: mean ± sd over seeds (n) per {xlabel}",
     )

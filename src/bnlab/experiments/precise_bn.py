@@ -38,6 +38,7 @@ class PreciseBNConfig:
     """One run: train seed 000's BN network, then compare EMA and precise statistics."""
 
     seed: int = 0  # initial weights and batch order (the engine sets 0..K-1)
+    num_conv_layers: int = 19  # the seed's 19 conv layers (fewer only to test quickly)
     num_batches: int = 800  # training steps (the seed's 800 batches)
     batch_size: int = 64  # the seed's batch size
     learning_rate: float = 0.002  # the seed's Adam rate
@@ -49,6 +50,7 @@ class PreciseBNConfig:
 
     def __post_init__(self) -> None:
         for name in (
+            "num_conv_layers",
             "num_batches",
             "batch_size",
             "precise_batches",
@@ -65,6 +67,7 @@ class PreciseBNConfig:
 def _deep_cnn_config(config: PreciseBNConfig) -> deep_cnn.DeepCNNConfig:
     return deep_cnn.DeepCNNConfig(
         seed=config.seed,
+        num_conv_layers=config.num_conv_layers,
         norm="bn",
         bn_decay=config.bn_decay,
         learning_rate=config.learning_rate,
