@@ -12,6 +12,7 @@ import contextlib
 import copy
 import math
 import textwrap
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from torch.utils.hooks import RemovableHandle
 
 from bnlab.norm.functional import batch_stats
 from bnlab.norm.modules import BATCH_NORM_TYPES
+from bnlab.norm.safe import DegenerateBatchWarning, NonFiniteBatchWarning
 
 __all__ = ["CHECKS", "DemoCase", "DoctorReport", "Finding", "demo_cases", "doctor"]
 
@@ -134,11 +136,16 @@ def _short_list(names: tuple[str, ...] | list[str], limit: int = 4) -> str:
 
 @contextlib.contextmanager
 def _preserved(model: nn.Module) -> Iterator[None]:
-    """Parameters, buffers, training flags and the global RNG as they were, afterwards."""
+    """Parameters, buffers, training flags and the global RNG as they were, afterwards;
+    no safe-statistics warnings from the probes."""
     tensors = [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
     modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+            # The probes may feed degenerate or non-finite batches on purpose; the layers'
+            # safe-statistics warnings would describe the probe, not the user's training.
+            warnings.simplefilter("ignore", NonFiniteBatchWarning)
+            warnings.simplefilter("ignore", DegenerateBatchWarning)
             yield
     finally:
         with torch.no_grad():
