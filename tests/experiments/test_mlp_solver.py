@@ -120,3 +120,19 @@ def test_claims_hold_on_the_seeds_numbers_and_fail_otherwise() -> None:
     contrary = _results((0.94, 0.25), (0.97, 0.10))
     assert [c.check(contrary).holds for c in SPEC.claims] == [False, False, False]
     assert SPEC.claims[0].check(ExperimentResults("mlp-solver")).holds is None
+
+
+@pytest.mark.slow
+def test_full_size_on_real_mnist(tmp_path: Path) -> None:
+    """The seed's sizes on the real MNIST, seed 0 of both networks (about 1-2 min)."""
+    from bnlab.data import DataError
+
+    try:
+        load_mnist(progress=False)
+    except DataError as exc:
+        pytest.skip(f"real MNIST not available: {exc}")
+    out = run_experiment(SPEC, out_dir=tmp_path, seeds=1)
+    metrics = {o.variant: o.metrics for o in out}
+    assert metrics["bn"]["steps_per_epoch"] == 1718
+    assert metrics["bn"]["test_accuracy"] > metrics["no-bn"]["test_accuracy"]
+    assert metrics["bn"]["test_accuracy"] > 0.96

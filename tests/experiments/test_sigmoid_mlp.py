@@ -230,3 +230,18 @@ def test_claims_hold_on_seed_like_runs_and_fail_on_contrary_ones() -> None:
     verdicts = _verdicts(bad)
     assert verdicts[:3] == [VERDICT_TEXT[False]] * 3
     assert _verdicts(ExperimentResults("sigmoid-mlp")) == [VERDICT_TEXT[None]] * len(SPEC.claims)
+
+
+@pytest.mark.slow
+def test_population_statistics_on_real_mnist(tmp_path: Path) -> None:
+    """The seed's part 2 at full size (10,000 steps) on the real MNIST (about 1-3 min)."""
+    from bnlab.data import DataError
+
+    try:
+        load_mnist(progress=False)
+    except DataError as exc:
+        pytest.skip(f"real MNIST not available: {exc}")
+    (outcome,) = run_experiment(SPEC, out_dir=tmp_path, variants=["bn-population"], seeds=1)
+    assert outcome.metrics["single_image_accuracy"] >= 0.95
+    assert outcome.metrics["single_image_distinct_classes"] == 10
+    assert 0.94 < outcome.metrics["inference_test_accuracy"] < 0.97
