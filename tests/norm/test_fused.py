@@ -170,14 +170,22 @@ def test_unsupported_inputs_fall_back_to_the_reference() -> None:
     assert empty.shape == (0, 3, 2, 2)
 
 
-def test_auto_rule_picks_fused_only_where_it_applies() -> None:
+def test_auto_rule_picks_fused_only_where_it_wins() -> None:
     assert "fused" in dispatch.available_backends()
-    big = torch.empty(64, 16, 8, 8)
-    assert dispatch.resolve_backend("auto", big, True) == "fused"
-    assert dispatch.resolve_backend("auto", big.double(), False) == "fused"
-    assert dispatch.resolve_backend("auto", torch.empty(2, 3), True) == "native"  # tiny
-    assert dispatch.resolve_backend("auto", big.half(), True) == "native"
-    assert dispatch.resolve_backend("auto", big.to("meta"), True) == "native"  # not CPU
+    # torch.empty does not touch the pages: these cost no time, only address space.
+    large = torch.empty(64, 64, 56, 56)  # 51 MB
+    mid = torch.empty(250, 16, 32, 32)  # 16 MB, 4.1M values
+    small = torch.empty(64, 8, 28, 28)
+    image = torch.empty(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
+    auto = dispatch._auto_rule
+    assert auto(large, True) == "fused" and auto(large, False) == "fused"
+    assert auto(mid, True) == "fused" and auto(mid, False) == "native"
+    assert auto(small, True) == "native" and auto(small, False) == "native"
+    assert auto(small.contiguous(memory_format=torch.channels_last), True) == "native"
+    assert auto(image, True) == "fused"  # channels-last with 3 channels: torch is slow there
+    assert auto(large.half(), True) == "native"
+    assert auto(torch.empty(64, 64, 56, 56, device="meta"), True) == "native"  # not on the CPU
+    assert dispatch.resolve_backend("auto", torch.empty(2, 3), True) == "native"
 
 
 _FRESH_PROCESS = """

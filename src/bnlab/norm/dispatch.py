@@ -83,30 +83,36 @@ def get_backend(name: str) -> Callable[..., Tensor]:
         raise UnknownNameError("backend", name, (AUTO, *_BACKENDS)) from None
 
 
-# Below this many values a call is dominated by fixed costs, where PyTorch's C++ path
-# is cheaper than the fused kernel's Python glue (measured: docs/performance.md).
-_FUSED_MIN_NUMEL = 4096
+# Where the fused kernel beats PyTorch's, measured side by side on 2 cores
+# (docs/performance.md): least values for training (forward and backward both win) per
+# layout, and least bytes for inference. Below them fixed costs (Python glue, thread
+# wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
+_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 21, "channels_last": 1 << 19}
+# Inference is one read and one write either way; the fused path wins once the output
+# is larger than glibc's 32 MB mmap limit, where PyTorch's fresh output page-faults and
+# the kernel's pooled output does not.
+_FUSED_MIN_EVAL_BYTES = 32 << 20
 
 
 def _auto_rule(input: Tensor, training: bool) -> str:
     """Which backend ``"auto"`` means for this call. Extend this rule, and only this one.
 
     ``"fused"`` (bnlab's numba kernels, ``bnlab.norm.kernels``) for CPU float32/float64
-    inputs of at least ``_FUSED_MIN_NUMEL`` values: it is faster than PyTorch's kernel on
-    every such benchmark shape and robust to large offsets (docs/performance.md).
-    ``"native"`` (``torch.nn.functional.batch_norm``) otherwise: CUDA, half precision,
-    and tiny tensors. Native's known weakness: float32 batches with a mean far larger
-    than their spread (mean 1e4, std 1e-2) lose about 5% of a standard deviation;
-    ``"reference"`` and ``"fused"`` keep those exact (see docs/norm.md).
+    inputs large enough that it wins: training on at least
+    ``_FUSED_MIN_TRAIN_NUMEL[layout]`` values, inference on at least
+    ``_FUSED_MIN_EVAL_BYTES``. ``"native"`` (``torch.nn.functional.batch_norm``)
+    otherwise: CUDA, half precision, and small tensors. Native's known weakness: float32
+    batches with a mean far larger than their spread (mean 1e4, std 1e-2) lose about 5%
+    of a standard deviation; ``"reference"`` and ``"fused"`` keep those exact (see
+    docs/norm.md).
     """
-    del training  # both modes have the same winner
-    if (
-        input.device.type == "cpu"
-        and input.dtype in (torch.float32, torch.float64)
-        and input.numel() >= _FUSED_MIN_NUMEL
-    ):
-        return "fused"
-    return "native"
+    if input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        return "native"
+    if training:
+        layout = "contiguous" if input.is_contiguous() else "channels_last"
+        return "fused" if input.numel() >= _FUSED_MIN_TRAIN_NUMEL[layout] else "native"
+    nbytes = input.numel() * input.element_size()
+    return "fused" if nbytes >= _FUSED_MIN_EVAL_BYTES else "native"
 
 
 def resolve_backend(backend: str, input: Tensor, training: bool) -> str:
