@@ -77,6 +77,30 @@ def test_every_layer_of_a_model_is_guarded_and_named() -> None:
     }
 
 
+def test_huge_finite_statistics_are_not_mistaken_for_overflow() -> None:
+    # Running variance near float32's limit: a sum of the buffer would overflow to inf
+    # and refuse a good batch; the guard's check must not.
+    bn = bnlab.BatchNorm1d(128, momentum=1.0)
+    x = torch.randn(8, 128) * 2e18
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NonFiniteBatchWarning)
+        bn(x)
+    assert bn.refused_batches == 0 and float(bn.running_var.max()) > 1e35
+
+
+def test_guard_follows_the_layer_to_another_dtype() -> None:
+    bn = bnlab.BatchNorm1d(3)
+    bn(torch.randn(5, 3))
+    bn = bn.double()
+    bn(torch.randn(5, 3, dtype=torch.float64))
+    before = _state(bn)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    x[0, 0] = float("nan")
+    with pytest.warns(NonFiniteBatchWarning):
+        bn(x)
+    assert _same(_state(bn), before)
+
+
 def test_guard_off_lets_nan_in_like_torch() -> None:
     bn = bnlab.BatchNorm1d(2, guard_nonfinite=False)
     x = torch.randn(6, 2)

@@ -320,10 +320,9 @@ def batch_norm(
     _validation.check_batch_norm_args(
         input, running_mean, running_var, weight, bias, training, momentum, eps
     )
-    name = dispatch.resolve_backend(backend, input, training)
+    fn = dispatch.backend_for(backend, input, training)
     if input.numel() == 0:
         return _empty_batch_norm(input, weight, bias)
-    fn = dispatch.get_backend(name)
     return fn(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 

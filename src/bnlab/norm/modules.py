@@ -209,14 +209,16 @@ class _BatchNorm(_NormBase):
         momentum = self._step_momentum()
         # Buffers are passed (and so updated) in training only when tracking is on.
         pass_buffers = not self.training or self.track_running_stats
-        with safe.guarded(self, active=self.training and self.track_running_stats):
-            return self._batch_norm(
-                input,
-                self.running_mean if pass_buffers else None,
-                self.running_var if pass_buffers else None,
-                use_batch_stats,
-                momentum,
-            )
+        shadow = safe.snapshot_running_stats(self, self.training and self.track_running_stats)
+        output = self._batch_norm(
+            input,
+            self.running_mean if pass_buffers else None,
+            self.running_var if pass_buffers else None,
+            use_batch_stats,
+            momentum,
+        )
+        safe.restore_if_nonfinite(self, shadow)
+        return output
 
     def _step_momentum(self) -> float:
         """Count the batch (training with tracking) and return this step's momentum."""

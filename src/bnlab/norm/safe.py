@@ -28,6 +28,8 @@ __all__ = [
     "is_degenerate",
     "label_layers",
     "refusals",
+    "restore_if_nonfinite",
+    "snapshot_running_stats",
 ]
 
 #: policy -> what a degenerate training batch (<= 1 value per channel) does.
@@ -152,31 +154,53 @@ def degenerate_forward(layer: Any, input: Tensor) -> Tensor | None:
     return normalize(input, mean, var, layer.weight, layer.bias, layer.eps)
 
 
-@contextlib.contextmanager
-def guarded(layer: Any, active: bool) -> Iterator[None]:
-    """Keep NaN/Inf out of ``layer``'s running statistics across the body's update.
+def snapshot_running_stats(layer: Any, active: bool) -> list[Tensor] | None:
+    """Copy ``layer``'s running statistics before an update that the guard must watch.
 
-    The running buffers are copied before the body (which normalizes and updates them);
-    if afterwards either holds a non-finite value, the copies are put back, the batch is
-    uncounted (``num_batches_tracked`` back by one), ``refused_batches`` grows by one, the
-    step joins ``refused_steps``, and a :class:`NonFiniteBatchWarning` names the layer and
-    step. The body's output is untouched: a NaN batch still gives a NaN output. Works for
-    every backend and variant, since it only looks at the buffers. One host sync per call.
+    Returns the layer's reusable shadow buffers ``[mean, var, zeros_mean, zeros_var]``
+    holding the copies, or None when the guard is off for this call (``active`` False,
+    ``layer.guard_nonfinite`` False, or no running statistics). The shadows are allocated
+    once per layer (again after a change of device, dtype or size), so a step costs two
+    small copies and no allocation. Pass the result to :func:`restore_if_nonfinite`.
     """
-    mean, var = getattr(layer, "running_mean", None), getattr(layer, "running_var", None)
-    if not (active and layer.guard_nonfinite and mean is not None and var is not None):
-        yield
+    if not (active and layer.guard_nonfinite):
+        return None
+    mean, var = layer.running_mean, layer.running_var
+    if mean is None or var is None:
+        return None
+    shadow = layer.__dict__.get("_guard_shadow")
+    if (
+        shadow is None
+        or shadow[0].dtype != mean.dtype
+        or shadow[0].device != mean.device
+        or shadow[0].shape != mean.shape
+    ):
+        shadow = [torch.empty_like(mean), torch.empty_like(var)]
+        shadow += [torch.zeros_like(mean), torch.zeros_like(var)]
+        layer.__dict__["_guard_shadow"] = shadow
+    shadow[0].copy_(mean)
+    shadow[1].copy_(var)
+    return shadow
+
+
+def restore_if_nonfinite(layer: Any, shadow: list[Tensor] | None) -> None:
+    """Undo the update since :func:`snapshot_running_stats` if it left a NaN/Inf behind.
+
+    If either running buffer holds a non-finite value, the copies are put back, the batch
+    is uncounted (``num_batches_tracked`` back by one), ``refused_batches`` grows by one,
+    the step joins ``refused_steps``, and a :class:`NonFiniteBatchWarning` names the layer
+    and step. ``shadow`` None (guard off) does nothing. One host sync per call.
+    """
+    if shadow is None:
         return
-    saved_mean, saved_var = mean.detach().clone(), var.detach().clone()
-    yield
-    # One float64 sum per buffer: finite unless some entry is NaN/Inf (a float64 sum of
-    # float32 values cannot overflow), and cheaper than isfinite().all() on small layers.
-    total = float(mean.sum(dtype=torch.float64)) + float(var.sum(dtype=torch.float64))
-    if math.isfinite(total):
+    mean, var = layer.running_mean, layer.running_var
+    # x * 0 is 0 for every finite x and NaN for NaN/Inf, so a dot product with zeros is
+    # 0 exactly when the buffer is finite; unlike a sum of the values it cannot overflow.
+    if math.isfinite(float(torch.dot(mean, shadow[2])) + float(torch.dot(var, shadow[3]))):
         return
     with torch.no_grad():
-        mean.copy_(saved_mean)
-        var.copy_(saved_var)
+        mean.copy_(shadow[0])
+        var.copy_(shadow[1])
         tracked = layer.num_batches_tracked
         step = int(tracked) if tracked is not None else layer.refused_batches + 1
         if tracked is not None:
@@ -190,5 +214,19 @@ def guarded(layer: Any, active: bool) -> Iterator[None]:
         "the output still carries the NaN/Inf. Look for an overflow upstream (e.g. a "
         "mixed-precision step) or a learning rate that diverges.",
         NonFiniteBatchWarning,
-        stacklevel=4,
+        stacklevel=2,
     )
+
+
+@contextlib.contextmanager
+def guarded(layer: Any, active: bool) -> Iterator[None]:
+    """Keep NaN/Inf out of ``layer``'s running statistics across the body's update.
+
+    The context-manager form of :func:`snapshot_running_stats` (before the body, which
+    normalizes and updates the buffers) and :func:`restore_if_nonfinite` (after it). The
+    body's output is untouched: a NaN batch still gives a NaN output. Works for every
+    backend and variant, since it only looks at the buffers.
+    """
+    shadow = snapshot_running_stats(layer, active)
+    yield
+    restore_if_nonfinite(layer, shadow)
