@@ -182,3 +182,15 @@ def test_using_sets_and_restores_the_current_setting() -> None:
     with using(dp):
         assert current() is dp and not current().is_main
     assert current() == DataParallel()
+
+
+def test_data_parallel_runs_get_their_own_run_directories(tmp_path: Any) -> None:
+    from bnlab.experiments.runner import run_path
+
+    assert run_path(tmp_path, "deep-cnn", "bn", 2) == tmp_path / "deep-cnn" / "bn" / "seed-2"
+    with using(DataParallel(rank=0, world_size=2, backend="gloo", sync_bn=True)):
+        synced = run_path(tmp_path, "deep-cnn", "bn", 2)
+    with using(DataParallel(rank=1, world_size=3, backend="gloo", sync_bn=False)):
+        local = run_path(tmp_path, "deep-cnn", "bn", 0)
+    assert synced == tmp_path / "deep-cnn" / "bn@2proc-syncbn" / "seed-2"
+    assert local == tmp_path / "deep-cnn" / "bn@3proc-localbn" / "seed-0"

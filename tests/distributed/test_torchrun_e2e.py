@@ -18,6 +18,7 @@ import torch
 from bnlab.data import write_fake_mnist
 from bnlab.distributed import spawn
 from bnlab.experiments.deep_cnn import DeepCNNConfig, build_model, sigmoid_cross_entropy
+from bnlab.report.results import load_results
 from bnlab.train import read_metrics
 from bnlab.train.distributed import DataParallel
 
@@ -56,7 +57,7 @@ def test_torchrun_sync_bn_run_of_deep_cnn(tmp_path: Path) -> None:
     common = ("run", "deep-cnn", "--quick", "--variant", "bn", "--data-dir", str(mnist))
     two = _bnlab(*common, "--sync-bn", "--out", str(tmp_path / "dp"), nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    run = tmp_path / "dp" / "deep-cnn" / "bn" / "seed-0"
+    run = tmp_path / "dp" / "deep-cnn" / "bn@2proc-syncbn" / "seed-0"
     config = json.loads((run / "config.json").read_text())
     assert config["data_parallel"] == {"world_size": 2, "sync_bn": True}
     env = json.loads((run / "env.json").read_text())
@@ -74,10 +75,13 @@ def test_torchrun_sync_bn_run_of_deep_cnn(tmp_path: Path) -> None:
     for a, b in zip(single[:2], parallel[:2], strict=True):
         assert abs(a - b) <= 1e-5 * abs(a), (single[:2], parallel[:2])
 
-    # The same directory cannot silently mix a one-process run with a 2-process one.
+    # A one-process run of the same variant lands beside it, and the report's loader
+    # sees the two as separate variants of the experiment.
     again = _bnlab(*common, "--threads", "1", "--out", str(tmp_path / "dp"), nproc=None)
-    assert again.returncode == 2
-    assert "data_parallel: {'sync_bn': True, 'world_size': 2} -> {}" in again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = load_results(tmp_path / "dp")["deep-cnn"]
+    assert results.variants == ["bn", "bn@2proc-syncbn"]
+    assert len(results.complete("bn")) == len(results.complete("bn@2proc-syncbn")) == 1
 
 
 def test_a_world_size_that_does_not_divide_the_batch_stops_every_rank(tmp_path: Path) -> None:

@@ -125,6 +125,14 @@ def _resolved(
     return resolved
 
 
+def run_path(out_dir: str | Path, experiment: str, variant: str, seed: int) -> Path:
+    """``out_dir/<experiment>/<variant>/seed-<seed>``; under data-parallel training the
+    variant directory names the world size and whether BN statistics were synchronized
+    (``bn@2proc-syncbn``, see :meth:`DataParallel.run_label`)."""
+    label = data_parallel.current().run_label(variant)
+    return Path(out_dir) / experiment / label / f"seed-{seed}"
+
+
 def run_one(
     spec: ExperimentSpec[Any, Any],
     variant: str,
@@ -147,7 +155,7 @@ def run_one(
         Exception: whatever the experiment raised (after ``failed.json`` was written).
     """
     config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
-    run = RunDir(Path(out_dir) / spec.name / variant / f"seed-{seed}")
+    run = RunDir(run_path(out_dir, spec.name, variant, seed))
     resolved = _resolved(spec, variant, seed, config, quick)
     t0 = time.perf_counter()
     if run.config_path.is_file():
@@ -281,7 +289,7 @@ def run_experiment(
     total = len(names) * len(seeds_)
     for name in names:
         for seed in seeds_:
-            label = f"[{len(outcomes) + 1}/{total}] {spec.name}/{name}/seed-{seed}"
+            label = f"[{len(outcomes) + 1}/{total}] {run_path(out_dir, spec.name, name, seed).relative_to(out_dir)}"
             try:
                 outcome = run_one(
                     spec,
@@ -302,7 +310,7 @@ def run_experiment(
                 if not keep_going:
                     raise
                 log(f"{label}: FAILED: {type(exc).__name__}: {exc}")
-                path = Path(out_dir) / spec.name / name / f"seed-{seed}"
+                path = run_path(out_dir, spec.name, name, seed)
                 outcomes.append(RunOutcome(spec.name, name, seed, path, "failed", error=str(exc)))
                 continue
             if outcome.status == "done":

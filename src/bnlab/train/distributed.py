@@ -178,6 +178,21 @@ class DataParallel:
             return {}
         return {"world_size": self.world_size, "sync_bn": self.sync_bn}
 
+    def run_label(self, variant: str) -> str:
+        """The run-directory name of ``variant`` trained this way.
+
+        ``variant`` itself for one process; else ``variant@<N>proc-syncbn`` (statistics
+        synchronized) or ``variant@<N>proc-localbn`` (each process normalizes with its own
+        shard's statistics). Runs of each kind land beside the single-process ones, so the
+        report compares them as variants of the same experiment.
+
+        >>> DataParallel().run_label("bn")
+        'bn'
+        """
+        if not self.enabled:
+            return variant
+        return f"{variant}@{self.world_size}proc-{'syncbn' if self.sync_bn else 'localbn'}"
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for ``env.json``."""
         return {
