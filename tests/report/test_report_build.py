@@ -27,6 +27,7 @@ from bnlab.report import (
 )
 from bnlab.report.render import Document, Section, render_html, render_markdown
 from bnlab.report.spec import Block
+from bnlab.report.tables import band_table
 from bnlab.train import RunDir
 
 
@@ -207,3 +208,20 @@ def test_renderers_cover_every_block() -> None:
     with pytest.raises(ValueError, match="2 cells"):
         Table(("x", "y"), (("1",),))
     assert math.isnan(summarize([float("nan"), 1.0]).sd) is False  # type: ignore[union-attr]
+
+
+def test_band_table_compares_variants_with_the_reference_range(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, acc in enumerate([0.96, 0.97, 0.98]):
+        _write_run(root, "bn", seed, acc, [acc])
+    for seed, acc in enumerate([0.955, 0.975]):  # inside [0.95, 0.99]
+        _write_run(root, "bn@2proc-syncbn", seed, acc, [acc])
+    for seed, acc in enumerate([0.97, 0.93]):  # one seed below the band
+        _write_run(root, "bn@2proc-localbn", seed, acc, [acc])
+    results = load_results(root)["toy"]
+    variants = ["bn@2proc-syncbn", "bn@2proc-localbn", "bn@3proc-syncbn"]
+    table = band_table(results, "bn", variants, "test_accuracy", slack=0.01)
+    assert [row[0] for row in table.rows] == ["bn", "bn@2proc-syncbn", "bn@2proc-localbn"]
+    assert [row[4] for row in table.rows] == ["", "yes", "no"]
+    assert table.rows[2][3] == "−2.00%"  # 95.00% vs 97.00%
+    assert "band = [95.00%, 99.00%]" in table.caption

@@ -23,7 +23,7 @@ from bnlab.models.deep_cnn import DeepCNN
 from bnlab.report.claims import describe, every_run, every_run_at_step
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Curve, Metric, Verdict
-from bnlab.report.tables import steps_table
+from bnlab.report.tables import band_table, steps_table
 from bnlab.train import Hook, HookContext, Trainer, evaluate, every
 from bnlab.train import distributed as data_parallel
 from bnlab.train.evaluate import predict, predict_one_at_a_time
@@ -326,6 +326,37 @@ def seed_log(results: ExperimentResults) -> list[Block]:
     return [table] if table.rows else []
 
 
+#: Run directories of ``bn`` trained by two processes (``torchrun``, docs/distributed.md).
+DATA_PARALLEL_VARIANTS = ("bn@2proc-syncbn", "bn@2proc-localbn")
+
+
+def data_parallel_blocks(results: ExperimentResults) -> list[Block]:
+    """Data-parallel ``bn`` runs against the single-process band, when there are any.
+
+    Global batch 64 either way; ``syncbn`` normalizes by the statistics of all 64 images,
+    ``localbn`` each process by its own 32.
+    """
+    present = [v for v in DATA_PARALLEL_VARIANTS if results.complete(v)]
+    if not present:
+        return []
+    table = band_table(
+        results,
+        "bn",
+        present,
+        "test_accuracy",
+        slack=0.01,
+        caption="Test accuracy of bn trained by 2 processes (global batch 64; syncbn: "
+        "statistics over all 64 images, localbn: each process over its 32) against the "
+        "single-process seeds; the band is their range widened by 1 point",
+    )
+    return [table] if table.rows else []
+
+
+def extra_blocks(results: ExperimentResults) -> list[Block]:
+    """The seed's printed log, then the data-parallel comparison (if those runs exist)."""
+    return seed_log(results) + data_parallel_blocks(results)
+
+
 SPEC: ExperimentSpec[DeepCNNConfig, Any] = ExperimentSpec(
     name="deep-cnn",
     title="batch norm makes a 20-layer CNN trainable (seed 000)",
@@ -374,7 +405,7 @@ SPEC: ExperimentSpec[DeepCNNConfig, Any] = ExperimentSpec(
         Curve("validation", "loss", "Validation loss", "loss", logy=True),
     ),
     claims=CLAIMS,
-    extra_blocks=seed_log,
+    extra_blocks=extra_blocks,
     notes=(
         "TF-faithful presets: glorot-uniform kernels and zero biases (tf.layers defaults), "
         "BN epsilon 1e-3 and decay 0.99 (PyTorch momentum 0.01), Adam epsilon 1e-8, TF's "

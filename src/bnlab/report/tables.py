@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Table
-from bnlab.report.stats import format_summary, summarize
+from bnlab.report.stats import format_summary, format_value, summarize
 
-__all__ = ["steps_table"]
+__all__ = ["band_table", "steps_table"]
 
 
 def steps_table(
@@ -43,3 +43,55 @@ def steps_table(
             cells.append(format_summary(summarize(results.values_at(variant, tag, key, step)), fmt))
         rows.append(tuple(cells))
     return Table(("variant", *headers), tuple(rows), caption)
+
+
+def band_table(
+    results: ExperimentResults,
+    reference: str,
+    variants: Sequence[str],
+    key: str,
+    *,
+    slack: float,
+    fmt: str = "pct",
+    caption: str = "",
+) -> Table:
+    """How each of ``variants`` compares with ``reference`` on the final metric ``key``.
+
+    The reference band is ``[min - slack, max + slack]`` over the reference's finished
+    seeds. One row for the reference, then one per variant with finished seeds: its
+    ``mean ± sd``, its range, the difference of means from the reference, and whether
+    every one of its seeds lies inside the band (``yes``/``no``). Variants without a
+    finished seed are left out; a reference without one gives a table with no rows.
+
+    >>> band_table(ExperimentResults("x"), "bn", ["bn@2proc-syncbn"], "acc", slack=0.01).rows
+    ()
+    """
+    columns = ("variant", "mean ± sd", "range", "difference of means", "every seed in band")
+    ref = summarize(results.values(reference, key))
+    if ref is None:
+        return Table(columns, (), caption)
+    low, high = ref.min - slack, ref.max + slack
+    ref_range = f"{format_value(ref.min, fmt)} – {format_value(ref.max, fmt)}"
+    rows = [(reference, format_summary(ref, fmt), ref_range, "(reference)", "")]
+    for variant in variants:
+        values = results.values(variant, key)
+        summary = summarize(values)
+        if summary is None:
+            continue
+        inside = all(low <= v <= high for v in values)
+        rows.append(
+            (
+                variant,
+                format_summary(summary, fmt),
+                f"{format_value(summary.min, fmt)} – {format_value(summary.max, fmt)}",
+                _signed(summary.mean - ref.mean, fmt),
+                "yes" if inside else "no",
+            )
+        )
+    band = f"band = [{format_value(low, fmt)}, {format_value(high, fmt)}]"
+    return Table(columns, tuple(rows), f"{caption} ({band})" if caption else band)
+
+
+def _signed(value: float, fmt: str) -> str:
+    text = format_value(abs(value), fmt)
+    return f"+{text}" if value >= 0 else f"−{text}"
