@@ -63,6 +63,7 @@ def test_torchrun_sync_bn_run_of_deep_cnn(tmp_path: Path) -> None:
     env = json.loads((run / "env.json").read_text())
     assert env["data_parallel"] == {"world_size": 2, "backend": "gloo", "sync_bn": True}
     assert two.stdout.count("Final metrics") == 1  # rank 0 alone reports
+    assert "bn@2proc-syncbn" in two.stdout  # the summary table shows the run
 
     one = _bnlab(*common, "--threads", "1", "--out", str(tmp_path / "single"), nproc=None)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -172,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         data_parallel.shutdown()
     if not dp.is_main:  # rank 0 reports for everyone
         return 0 if all(o.status != "failed" for o in outcomes) else 1
-    print(summary_text(spec, out, variants))
+    # Data-parallel runs live under their own labels (e.g. bn@2proc-syncbn).
+    labels = [dp.run_label(v) for v in variants or spec.variant_names()]
+    print(summary_text(spec, out, labels))
     print(f"\nrun directories: {out / spec.name}; report: bnlab report {out}")
     return 0 if all(o.status != "failed" for o in outcomes) else 1

@@ -289,7 +289,8 @@ def run_experiment(
     total = len(names) * len(seeds_)
     for name in names:
         for seed in seeds_:
-            label = f"[{len(outcomes) + 1}/{total}] {run_path(out_dir, spec.name, name, seed).relative_to(out_dir)}"
+            where = run_path(out_dir, spec.name, name, seed).relative_to(out_dir)
+            label = f"[{len(outcomes) + 1}/{total}] {where}"
             try:
                 outcome = run_one(
                     spec,
