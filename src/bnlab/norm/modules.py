@@ -198,8 +198,13 @@ class _BatchNorm(_NormBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
+        # Buffers read once from the dict: nn.Module attribute lookups of buffers are slow
+        # enough to matter on small layers (this runs on every step of every layer).
+        buffers = self._buffers
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        training = self.training
         # Batch statistics in training, and in eval when there is nothing else to use.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch_stats = training or (running_mean is None and running_var is None)
         # A batch with <= 1 value per channel: the layer's policy, before counting it
         # (so "raise" changes no state; see bnlab.norm.safe).
         if use_batch_stats and safe.is_degenerate(input):
@@ -208,12 +213,13 @@ class _BatchNorm(_NormBase):
                 return out
         momentum = self._step_momentum()
         # Buffers are passed (and so updated) in training only when tracking is on.
-        pass_buffers = not self.training or self.track_running_stats
-        shadow = safe.snapshot_running_stats(self, self.training and self.track_running_stats)
+        tracking = training and self.track_running_stats
+        pass_buffers = not training or self.track_running_stats
+        shadow = safe.snapshot_running_stats(self, tracking)
         output = self._batch_norm(
             input,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
+            running_mean if pass_buffers else None,
+            running_var if pass_buffers else None,
             use_batch_stats,
             momentum,
         )
@@ -223,10 +229,11 @@ class _BatchNorm(_NormBase):
     def _step_momentum(self) -> float:
         """Count the batch (training with tracking) and return this step's momentum."""
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+        tracked = self._buffers["num_batches_tracked"]
+        if self.training and self.track_running_stats and tracked is not None:
+            tracked.add_(1)
             if self.momentum is None:  # cumulative moving average of all batches so far
-                momentum = 1.0 / float(self.num_batches_tracked)
+                momentum = 1.0 / float(tracked)
         return momentum
 
     def _batch_norm(

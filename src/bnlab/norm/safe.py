@@ -154,36 +154,30 @@ def degenerate_forward(layer: Any, input: Tensor) -> Tensor | None:
     return normalize(input, mean, var, layer.weight, layer.bias, layer.eps)
 
 
-def snapshot_running_stats(layer: Any, active: bool) -> list[Tensor] | None:
+def snapshot_running_stats(layer: Any, active: bool) -> tuple[Tensor, ...] | None:
     """Copy ``layer``'s running statistics before an update that the guard must watch.
 
-    Returns the layer's reusable shadow buffers ``[mean, var, zeros_mean, zeros_var]``
-    holding the copies, or None when the guard is off for this call (``active`` False,
-    ``layer.guard_nonfinite`` False, or no running statistics). The shadows are allocated
-    once per layer (again after a change of device, dtype or size), so a step costs two
-    small copies and no allocation. Pass the result to :func:`restore_if_nonfinite`.
+    Returns the state :func:`restore_if_nonfinite` needs, or None when the guard is off
+    for this call (``active`` False, ``layer.guard_nonfinite`` False, or no running
+    statistics). The copies live in buffers allocated once per layer (again when the
+    running buffers are replaced, e.g. by ``.to()``), so a step costs one small copy.
     """
     if not (active and layer.guard_nonfinite):
         return None
-    mean, var = layer.running_mean, layer.running_var
+    buffers = getattr(layer, "_buffers", {})
+    mean, var = buffers.get("running_mean"), buffers.get("running_var")
     if mean is None or var is None:
         return None
     shadow = layer.__dict__.get("_guard_shadow")
-    if (
-        shadow is None
-        or shadow[0].dtype != mean.dtype
-        or shadow[0].device != mean.device
-        or shadow[0].shape != mean.shape
-    ):
-        shadow = [torch.empty_like(mean), torch.empty_like(var)]
-        shadow += [torch.zeros_like(mean), torch.zeros_like(var)]
+    if shadow is None or shadow[3] is not mean or shadow[4] is not var:
+        saved = torch.empty(mean.numel() + var.numel(), dtype=mean.dtype, device=mean.device)
+        shadow = (saved, torch.empty_like(saved), torch.zeros_like(saved), mean, var)
         layer.__dict__["_guard_shadow"] = shadow
-    shadow[0].copy_(mean)
-    shadow[1].copy_(var)
+    torch.cat((mean, var), out=shadow[0])
     return shadow
 
 
-def restore_if_nonfinite(layer: Any, shadow: list[Tensor] | None) -> None:
+def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
     """Undo the update since :func:`snapshot_running_stats` if it left a NaN/Inf behind.
 
     If either running buffer holds a non-finite value, the copies are put back, the batch
@@ -193,14 +187,15 @@ def restore_if_nonfinite(layer: Any, shadow: list[Tensor] | None) -> None:
     """
     if shadow is None:
         return
-    mean, var = layer.running_mean, layer.running_var
-    # x * 0 is 0 for every finite x and NaN for NaN/Inf, so a dot product with zeros is
-    # 0 exactly when the buffer is finite; unlike a sum of the values it cannot overflow.
-    if math.isfinite(float(torch.dot(mean, shadow[2])) + float(torch.dot(var, shadow[3]))):
+    saved, now, zeros, mean, var = shadow
+    torch.cat((mean, var), out=now)
+    # x * 0 is 0 for every finite x and NaN for NaN/Inf, so the dot product with zeros is
+    # 0 exactly when every value is finite; unlike a sum of the values it cannot overflow.
+    if math.isfinite(float(torch.dot(now, zeros))):
         return
     with torch.no_grad():
-        mean.copy_(shadow[0])
-        var.copy_(shadow[1])
+        mean.copy_(saved[: mean.numel()])
+        var.copy_(saved[mean.numel() :])
         tracked = layer.num_batches_tracked
         step = int(tracked) if tracked is not None else layer.refused_batches + 1
         if tracked is not None:
