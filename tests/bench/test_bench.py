@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from bnlab.bench import (
 from bnlab.bench.report import BenchConfig, check_claims, count_cases
 from bnlab.bench.shapes import BenchShape, deep_cnn_shapes
 from bnlab.bench.suite import layout_applies, make_candidates
-from bnlab.bench.timing import STATS
+from bnlab.bench.timing import STATS, paired_ratio
 from bnlab.cli import cmd_bench
 from bnlab.cli.main import main
 from bnlab.errors import UnknownNameError
@@ -54,6 +55,25 @@ def test_interleaved_times_every_candidate_and_orders_them() -> None:
         interleaved({})
     with pytest.raises(ValueError, match="min_rounds"):
         interleaved({"f": fast}, min_rounds=0)
+
+
+def test_rounds_rotate_the_order_and_ratios_pair_the_rounds() -> None:
+    order: list[str] = []
+
+    def make(name: str, cost: float) -> object:
+        def fn() -> None:
+            order.append(name)
+            time.sleep(cost)
+
+        return fn
+
+    candidates = {"a": make("a", 2e-3), "b": make("b", 1e-3), "c": make("c", 1e-3)}
+    t = interleaved(candidates, min_rounds=5, max_rounds=5, budget_s=0, warmup=1)
+    timed = order[-15:]  # after warm-up and calibration: 5 rounds of one call each
+    assert [timed[i * 3] for i in range(5)] == ["a", "b", "c", "a", "b"]
+    assert len(t["a"].rounds) == len(t["b"].rounds) == 5
+    assert paired_ratio(t["a"], t["b"]) == pytest.approx(2.0, rel=0.25)
+    assert paired_ratio(t["a"], t["b"], scale=2.0) == pytest.approx(1.0, rel=0.25)
 
 
 def test_roofline_counts_passes_at_copy_bandwidth() -> None:

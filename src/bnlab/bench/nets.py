@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.bench.timing import interleaved
+from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.models.deep_cnn import DeepCNN
 from bnlab.norm.fold import fold_bn
 from bnlab.norm.kernels.fusion import fuse_bn_relu
@@ -89,18 +89,18 @@ def deep_cnn_step(
         "batch": batch,
         "num_conv_layers": num_conv_layers,
         "times": {name: t.as_dict() for name, t in timings.items()},
-        "ratios": _ratios({name: t.median for name, t in timings.items()}),
-        "min_ratios": _ratios({name: t.min for name, t in timings.items()}),
+        "ratios": {f"{a}/{b}": paired_ratio(timings[a], timings[b]) for a, b in _RATIOS},
+        "min_ratios": {f"{a}/{b}": timings[a].min / timings[b].min for a, b in _RATIOS},
     }
 
 
-def _ratios(t: dict[str, float]) -> dict[str, float]:
-    return {
-        "bnlab-bn/no-bn": t["bnlab-bn"] / t["no-bn"],
-        "bnlab-bn+relu/no-bn": t["bnlab-bn+relu"] / t["no-bn"],
-        "torch-bn/no-bn": t["torch-bn"] / t["no-bn"],
-        "bnlab-bn/torch-bn": t["bnlab-bn"] / t["torch-bn"],
-    }
+#: The step-time ratios reported (numerator, denominator).
+_RATIOS = (
+    ("bnlab-bn", "no-bn"),
+    ("bnlab-bn+relu", "no-bn"),
+    ("torch-bn", "no-bn"),
+    ("bnlab-bn", "torch-bn"),
+)
 
 
 def fold_latency(
@@ -148,7 +148,7 @@ def fold_latency(
     )
     return {
         "times": {name: t.as_dict() for name, t in timings.items()},
-        "speedup": timings["bn"].median / timings["folded"].median,
+        "speedup": paired_ratio(timings["bn"], timings["folded"]),
         "min_speedup": timings["bn"].min / timings["folded"].min,
         "max_rel_diff": rel,
     }

@@ -19,7 +19,7 @@ from torch import Tensor
 from bnlab.bench.machine import measure_quietly
 from bnlab.bench.roofline import MODES, copy_bandwidth, roofline_seconds
 from bnlab.bench.shapes import BenchShape
-from bnlab.bench.timing import Timing, interleaved
+from bnlab.bench.timing import Timing, interleaved, paired_ratio
 from bnlab.errors import UnknownNameError
 from bnlab.norm import dispatch
 from bnlab.norm.functional import batch_norm
@@ -70,8 +70,23 @@ class CaseResult:
         return self.roofline if name == "roofline" else self.times[name].stat(self.stat)
 
     def ratio(self, numerator: str, denominator: str) -> float:
-        """``time(numerator) / time(denominator)``; either may be ``"roofline"``."""
-        return self.time(numerator) / self.time(denominator)
+        """``time(numerator) / time(denominator)``; either may be ``"roofline"``.
+
+        With the median statistic the ratio is paired by round (:func:`paired_ratio`):
+        the median of the per-round ratios, which a drifting machine speed cannot bias.
+        The roofline of a round is its copy time scaled by the mode's passes.
+        """
+        if self.stat != "median":
+            return self.time(numerator) / self.time(denominator)
+        roof_scale = self.roofline / self.copy.median  # passes of the mode / 2 (the copy)
+        num, num_scale = self._series(numerator, roof_scale)
+        den, den_scale = self._series(denominator, roof_scale)
+        return paired_ratio(num, den, den_scale / num_scale)
+
+    def _series(self, name: str, roof_scale: float) -> tuple[Timing, float]:
+        if name == "roofline":
+            return self.copy, roof_scale
+        return self.times[name], 1.0
 
     def as_dict(self) -> dict[str, Any]:
         by_min = dataclasses.replace(self, stat="min")

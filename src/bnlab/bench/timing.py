@@ -11,9 +11,9 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["STATS", "Timing", "interleaved"]
+__all__ = ["STATS", "Timing", "interleaved", "paired_ratio"]
 
 #: A sample should last at least this long (seconds) so timer overhead stays negligible.
 _MIN_SAMPLE_S = 1e-3
@@ -36,6 +36,8 @@ class Timing:
     samples: int
     calls_per_sample: int
     min: float = float("nan")
+    #: The per-call time of each round, in round order (for ratios paired by round).
+    rounds: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def stat(self, name: str) -> float:
         """The statistic ``name`` (one of :data:`STATS`)."""
@@ -77,9 +79,10 @@ def interleaved(
     """Time every candidate in interleaved rounds; the median per call of each.
 
     Each round calls every candidate ``calls_per_sample`` times in a row (chosen so a
-    sample lasts about 1 ms) and records the time per call. Rounds continue until
-    ``budget_s`` has passed (at least ``min_rounds``, at most ``max_rounds``). The garbage
-    collector is paused while timing.
+    sample lasts about 1 ms) and records the time per call; the order of the candidates
+    rotates from round to round, so none is always the one that runs after a given other.
+    Rounds continue until ``budget_s`` has passed (at least ``min_rounds``, at most
+    ``max_rounds``). The garbage collector is paused while timing.
 
     Args:
         candidates: name -> a function of no arguments (its result is ignored).
@@ -109,6 +112,7 @@ def interleaved(
             fn()
     inner = {name: _inner_count(fn) for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -117,7 +121,12 @@ def interleaved(
         while rounds < max_rounds and (
             rounds < min_rounds or time.perf_counter() - start < budget_s
         ):
-            for name, fn in candidates.items():
+            # Rotate the order every round: whichever candidate runs first after
+            # another one finds the caches full of that one's tensors (measured: up to
+            # 15% slower at identical work), so no candidate may always hold one place.
+            shift = rounds % len(order)
+            for name in order[shift:] + order[:shift]:
+                fn = candidates[name]
                 n = inner[name]
                 t0 = time.perf_counter()
                 for _ in range(n):
@@ -131,6 +140,32 @@ def interleaved(
     for name, values in samples.items():
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         result[name] = Timing(
-            statistics.median(values), q[0], q[2], len(values), inner[name], min(values)
+            statistics.median(values),
+            q[0],
+            q[2],
+            len(values),
+            inner[name],
+            min(values),
+            tuple(values),
         )
     return result
+
+
+def paired_ratio(numerator: Timing, denominator: Timing, scale: float = 1.0) -> float:
+    """The median over rounds of ``numerator / (scale * denominator)``, round by round.
+
+    Two candidates timed in the same rounds see the same state of the machine in each
+    round; the ratio within a round cancels a slow patch that the ratio of two medians
+    keeps (on a shared machine the speed of every candidate drifts by 2x in minutes).
+    Falls back to the ratio of medians when the rounds are unknown or differ in number.
+
+    >>> a = Timing(2.0, 2.0, 2.0, 3, 1, 1.0, (1.0, 2.0, 4.0))
+    >>> b = Timing(1.0, 1.0, 1.0, 3, 1, 0.5, (0.5, 1.0, 2.0))
+    >>> paired_ratio(a, b)
+    2.0
+    """
+    if numerator.rounds and len(numerator.rounds) == len(denominator.rounds):
+        pairs = zip(numerator.rounds, denominator.rounds, strict=True)
+        ratios = [a / (scale * b) for a, b in pairs]
+        return statistics.median(ratios)
+    return numerator.median / (scale * denominator.median)
