@@ -88,7 +88,7 @@ def get_backend(name: str) -> Callable[..., Tensor]:
 # (docs/performance.md): least values for training (forward and backward both win) per
 # layout, and least bytes for inference. Below them fixed costs (Python glue, thread
 # wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
-_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 21, "channels_last": 1 << 19}
+_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 20, "channels_last": 1 << 19}
 # Inference is one read and one write either way; the fused path wins once the output
 # is larger than glibc's 32 MB mmap limit, where PyTorch's fresh output page-faults and
 # the kernel's pooled output does not.
