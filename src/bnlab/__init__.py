@@ -34,10 +34,16 @@ _EXPORTS: dict[str, str] = {
     "precise_bn": "bnlab.norm.precise",
     "SyncBatchNorm": "bnlab.norm.sync",
     "convert_sync_batchnorm": "bnlab.norm.sync",
+    "fold_bn": "bnlab.norm.fold",
+    "BatchNormReLU1d": "bnlab.norm.kernels.fusion",
+    "BatchNormReLU2d": "bnlab.norm.kernels.fusion",
+    "BatchNormReLU3d": "bnlab.norm.kernels.fusion",
+    "fuse_bn_relu": "bnlab.norm.kernels.fusion",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from bnlab.norm.doctor import DoctorReport, doctor
+    from bnlab.norm.fold import fold_bn
     from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
     from bnlab.norm.functional import (
         batch_norm,
@@ -46,6 +52,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         momentum_from_decay,
         normalize,
         update_running_stats,
+    )
+    from bnlab.norm.kernels.fusion import (
+        BatchNormReLU1d,
+        BatchNormReLU2d,
+        BatchNormReLU3d,
+        fuse_bn_relu,
     )
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.precise import PreciseStats, precise_bn
@@ -56,6 +68,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
     "DoctorReport",
     "FrozenBatchNorm",
     "PreciseStats",
@@ -67,7 +82,9 @@ __all__ = [
     "convert_sync_batchnorm",
     "decay_from_momentum",
     "doctor",
+    "fold_bn",
     "freeze_bn",
+    "fuse_bn_relu",
     "get_norm",
     "momentum_from_decay",
     "normalize",
