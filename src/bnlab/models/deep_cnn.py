@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-import torch
+import torch  # noqa: F401  (the docstring examples use it)
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.errors import UnknownNameError
 from bnlab.models.init import INITIALIZERS, tf_init_, truncated_normal_
-from bnlab.norm.functional import batch_stats, momentum_from_decay, normalize, update_running_stats
+from bnlab.models.seed_norm import PopulationBatchNorm
+from bnlab.norm.functional import batch_stats, normalize, update_running_stats
 from bnlab.norm.registry import get_norm
 
 __all__ = ["PLACEMENTS", "Conv2dSame", "DeepCNN", "LowLevelBatchNorm", "tf_same_padding"]
@@ -85,7 +86,7 @@ class Conv2dSame(nn.Conv2d):
         return super().extra_repr().replace("padding=(0, 0)", "padding='same' (TF)")
 
 
-class LowLevelBatchNorm(nn.Module):
+class LowLevelBatchNorm(PopulationBatchNorm):
     """Batch norm written the seed's ``tf.nn`` way: explicit gamma, beta and population tensors.
 
     Training: ``mean, var = moments(x)`` over every dim but the channels (biased variance,
@@ -109,25 +110,11 @@ class LowLevelBatchNorm(nn.Module):
     (True, ['gamma', 'beta'])
     """
 
-    pop_mean: Tensor
-    pop_variance: Tensor
-
     def __init__(
         self, num_features: int, eps: float = 1e-3, decay: float = 0.99, channel_dim: int = 1
     ):
-        super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1; got {num_features}")
-        self.num_features = num_features
-        self.eps = eps
-        self.decay = decay
-        self.momentum = momentum_from_decay(decay)  # validates decay in [0, 1]
+        super().__init__(num_features, eps, decay)
         self.channel_dim = channel_dim
-        self.gamma = nn.Parameter(torch.ones(num_features))
-        self.beta = nn.Parameter(torch.zeros(num_features))
-        # Buffers, not parameters: the optimizer never sees them (trainable=False in TF).
-        self.register_buffer("pop_mean", torch.zeros(num_features))
-        self.register_buffer("pop_variance", torch.ones(num_features))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[self.channel_dim] != self.num_features:
@@ -143,10 +130,7 @@ class LowLevelBatchNorm(nn.Module):
         return normalize(x, mean, var, self.gamma, self.beta, self.eps, self.channel_dim)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, decay={self.decay}, "
-            f"channel_dim={self.channel_dim}"
-        )
+        return f"{super().extra_repr()}, channel_dim={self.channel_dim}"
 
 
 class DeepCNN(nn.Module):

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.models.init import glorot_uniform_
-from bnlab.norm.functional import batch_norm, momentum_from_decay
+from bnlab.models.seed_norm import PopulationBatchNorm
+from bnlab.norm.functional import batch_norm
 
 __all__ = ["ChannelsLastBatchNorm", "ImageFCN"]
 
 
-class ChannelsLastBatchNorm(nn.Module):
+class ChannelsLastBatchNorm(PopulationBatchNorm):
     """Low-level batch norm on channels-last ``(N, H, W, C)`` tensors, as seed 003 builds it.
 
     The module owns what the seed declares by hand: ``gamma`` (scale, init 1) and ``beta``
@@ -51,21 +52,8 @@ class ChannelsLastBatchNorm(nn.Module):
     ['gamma', 'beta']
     """
 
-    pop_mean: Tensor
-    pop_variance: Tensor
-
     def __init__(self, num_features: int, eps: float = 1e-5, decay: float = 0.9) -> None:
-        super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1; got {num_features}")
-        self.num_features = num_features
-        self.eps = eps
-        self.decay = decay
-        self.momentum = momentum_from_decay(decay)  # validates decay; the one conversion
-        self.gamma = nn.Parameter(torch.ones(num_features))
-        self.beta = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("pop_mean", torch.zeros(num_features))
-        self.register_buffer("pop_variance", torch.ones(num_features))
+        super().__init__(num_features, eps, decay)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[-1] != self.num_features:
@@ -86,7 +74,7 @@ class ChannelsLastBatchNorm(nn.Module):
         return y.permute(0, 2, 3, 1)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, decay={self.decay}, channels-last"
+        return f"{super().extra_repr()}, channels-last"
 
 
 class ImageFCN(nn.Module):

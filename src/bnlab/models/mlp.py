@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from bnlab.errors import UnknownNameError
 from bnlab.models.init import tf_init_
+from bnlab.models.seed_norm import PopulationBatchNorm
 from bnlab.norm.functional import (
     batch_norm,
     batch_stats,
-    momentum_from_decay,
     normalize,
     update_running_stats,
 )
@@ -129,7 +129,7 @@ class BatchStatNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}, statistics=batch (always)"
 
 
-class BatchNormWrapper(nn.Module):
+class BatchNormWrapper(PopulationBatchNorm):
     """The seed-001 ``batch_norm_wrapper``: batch norm with population statistics by EMA.
 
     Training: normalize with the batch mean and biased variance (``tf.nn.moments``), then
@@ -159,21 +159,8 @@ class BatchNormWrapper(nn.Module):
     ['gamma', 'beta']
     """
 
-    pop_mean: Tensor
-    pop_variance: Tensor
-
     def __init__(self, num_features: int, eps: float = 1e-3, decay: float = 0.999) -> None:
-        super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1; got {num_features}")
-        self.num_features = num_features
-        self.eps = eps
-        self.decay = decay
-        self.momentum = momentum_from_decay(decay)  # validates decay; the one conversion
-        self.gamma = nn.Parameter(torch.ones(num_features))
-        self.beta = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("pop_mean", torch.zeros(num_features))
-        self.register_buffer("pop_variance", torch.ones(num_features))
+        super().__init__(num_features, eps, decay)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x)
@@ -194,9 +181,6 @@ class BatchNormWrapper(nn.Module):
             var, mean = torch.var_mean(x, dim=0, correction=0)
         update_running_stats(self.pop_mean, self.pop_variance, mean, var, self.momentum)
         return y
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, decay={self.decay}"
 
 
 def _check_features(module: BatchStatNorm | BatchNormWrapper, x: Tensor) -> None:
