@@ -141,10 +141,7 @@ def backend_for(backend: str, input: Tensor, training: bool) -> Callable[..., Te
     Raises:
         UnknownNameError: ``backend`` is neither ``"auto"`` nor registered.
     """
-    fn = _BACKENDS.get(_auto_rule(input, training) if backend == AUTO else backend)
-    if fn is None:
-        raise UnknownNameError("backend", backend, (AUTO, *_BACKENDS))
-    return fn
+    return _BACKENDS[resolve_backend(backend, input, training)]
 
 
 def _native(

@@ -1,15 +1,14 @@
 """Safe statistics for bnlab's batch-norm modules: a per-layer policy for degenerate batches
 (one value per channel, or none) and a guard that keeps non-finite batches out of the
-running statistics. ``_BatchNorm.forward`` calls :func:`degenerate_forward` and
-:func:`guarded`; the knobs are the layers' ``degenerate=`` and ``guard_nonfinite=`` arguments.
+running statistics. ``_BatchNorm.forward`` calls :func:`degenerate_forward`, then
+:func:`snapshot_running_stats` before and :func:`restore_if_nonfinite` after the update;
+the knobs are the layers' ``degenerate=`` and ``guard_nonfinite=`` arguments.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,7 +23,6 @@ __all__ = [
     "NonFiniteBatchWarning",
     "check_policy",
     "degenerate_forward",
-    "guarded",
     "is_degenerate",
     "label_layers",
     "refusals",
@@ -211,17 +209,3 @@ def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
         NonFiniteBatchWarning,
         stacklevel=2,
     )
-
-
-@contextlib.contextmanager
-def guarded(layer: Any, active: bool) -> Iterator[None]:
-    """Keep NaN/Inf out of ``layer``'s running statistics across the body's update.
-
-    The context-manager form of :func:`snapshot_running_stats` (before the body, which
-    normalizes and updates the buffers) and :func:`restore_if_nonfinite` (after it). The
-    body's output is untouched: a NaN batch still gives a NaN output. Works for every
-    backend and variant, since it only looks at the buffers.
-    """
-    shadow = snapshot_running_stats(layer, active)
-    yield
-    restore_if_nonfinite(layer, shadow)
