@@ -212,3 +212,12 @@ class ExperimentSpec(Generic[C, D]):
         if quick:
             config = self.quick(config)
         return apply_overrides(config, overrides or {})
+
+
+def load_mnist_data(data_dir: Path | None, progress: bool) -> Any:
+    """``load_data`` of every MNIST experiment: TF's split (55,000 / 5,000 / 10,000) from
+    ``data_dir`` (any MNIST-format directory) or the default sources (see
+    :func:`bnlab.data.load_mnist`, which raises a clear error when none has the files)."""
+    from bnlab.data import load_mnist
+
+    return load_mnist(data_dir, progress=progress)

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from bnlab.data import load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.practice import (
     mnist_batches,
     mnist_mlp,
@@ -76,11 +75,6 @@ def build_model(config: BatchSizeConfig) -> torch.nn.Module:
         else {"momentum": config.bn_momentum}
     )
     return mnist_mlp(config.norm, (config.hidden_units,) * 2, options)
-
-
-def load_data(data_dir: Any, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000)."""
-    return load_mnist(data_dir, progress=progress)
 
 
 def run(config: BatchSizeConfig, data: Any, ctx: RunContext) -> dict[str, float]:
@@ -168,7 +162,7 @@ SPEC: ExperimentSpec[BatchSizeConfig, Any] = ExperimentSpec(
         "for BN)."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

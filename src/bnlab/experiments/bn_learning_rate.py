@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from bnlab.data import load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.practice import mnist_batches, mnist_mlp, sweep_blocks, train_classifier
 from bnlab.models.init import tf_init_
 from bnlab.report.claims import describe
@@ -58,11 +57,6 @@ class LearningRateConfig:
 def build_model(config: LearningRateConfig) -> torch.nn.Module:
     """The MLP of ``config``: glorot-uniform kernels, zero biases (initialized from the RNG)."""
     return tf_init_(mnist_mlp(config.norm, (config.hidden_units,) * 2))
-
-
-def load_data(data_dir: Any, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000)."""
-    return load_mnist(data_dir, progress=progress)
 
 
 def run(config: LearningRateConfig, data: Any, ctx: RunContext) -> dict[str, float]:
@@ -195,7 +189,7 @@ SPEC: ExperimentSpec[LearningRateConfig, Any] = ExperimentSpec(
         "counts as diverged (accuracy 10%)."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

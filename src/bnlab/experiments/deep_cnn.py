@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnlab.data import TrainBatches, load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.data import TrainBatches
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.models.deep_cnn import DeepCNN
 from bnlab.report.claims import describe, every_run, every_run_at_step
 from bnlab.report.results import ExperimentResults
@@ -102,11 +101,6 @@ def sigmoid_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """
     targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def load_data(data_dir: Path | None, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000), or any MNIST-format directory."""
-    return load_mnist(data_dir, progress=progress)
 
 
 def run(config: DeepCNNConfig, data: Any, ctx: RunContext) -> dict[str, float]:
@@ -368,7 +362,7 @@ SPEC: ExperimentSpec[DeepCNNConfig, Any] = ExperimentSpec(
         "final validation and test accuracy, and the first 100 test images one at a time."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

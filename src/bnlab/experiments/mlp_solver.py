@@ -8,15 +8,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnlab.data import TrainBatches, load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.data import TrainBatches
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.sigmoid_mlp import threads
 from bnlab.models.mlp import build_mlp
 from bnlab.report.claims import every_run
@@ -180,11 +179,6 @@ class MLPSolverConfig:
                 raise ValueError(f"MLPSolverConfig.{name} must be >= 1; got {getattr(self, name)}")
 
 
-def load_data(data_dir: Path | None, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000), or any MNIST-format directory."""
-    return load_mnist(data_dir, progress=progress)
-
-
 def run(config: MLPSolverConfig, data: Any, ctx: RunContext) -> dict[str, float]:
     """Train one of the seed's two networks; return its final metrics.
 
@@ -330,7 +324,7 @@ SPEC: ExperimentSpec[MLPSolverConfig, Any] = ExperimentSpec(
         "after every epoch; final test loss and accuracy."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

@@ -17,7 +17,7 @@ from torch import nn
 
 from bnlab.data import TrainBatches
 from bnlab.experiments import deep_cnn
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.practice import BACKEND
 from bnlab.norm.modules import BATCH_NORM_TYPES
 from bnlab.norm.precise import precise_bn
@@ -245,7 +245,7 @@ SPEC: ExperimentSpec[PreciseBNConfig, Any] = ExperimentSpec(
         "the same images are classified again."
     ),
     variants=VARIANTS,
-    load_data=deep_cnn.load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

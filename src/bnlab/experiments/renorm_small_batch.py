@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from bnlab.data import load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.practice import (
     NonIIDBatches,
     mnist_batches,
@@ -71,11 +70,6 @@ def build_model(config: RenormConfig) -> torch.nn.Module:
             ramp_steps=config.ramp_steps,
         )
     return mnist_mlp(config.norm, (config.hidden_units,) * 2, options)
-
-
-def load_data(data_dir: Any, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000)."""
-    return load_mnist(data_dir, progress=progress)
 
 
 def run(config: RenormConfig, data: Any, ctx: RunContext) -> dict[str, float]:
@@ -150,7 +144,7 @@ SPEC: ExperimentSpec[RenormConfig, Any] = ExperimentSpec(
         "steps), and batches of 32 drawn from a single class (1,000 steps)."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(

@@ -12,7 +12,6 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +19,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor
 
-from bnlab.data import TrainBatches, load_mnist
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant
+from bnlab.data import TrainBatches
+from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.models.mlp import SigmoidMLP
 from bnlab.report.claims import describe, every_run
 from bnlab.report.plots import PALETTE, png_bytes
@@ -175,11 +174,6 @@ def _population_frozen(model: torch.nn.Module, freeze: bool) -> Iterator[None]:
             with torch.no_grad():
                 for name, value in saved.items():
                     buffers[name].copy_(value)
-
-
-def load_data(data_dir: Path | None, progress: bool) -> Any:
-    """MNIST with TF's split (55,000 / 5,000 / 10,000), or any MNIST-format directory."""
-    return load_mnist(data_dir, progress=progress)
 
 
 def run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
@@ -634,7 +628,7 @@ SPEC: ExperimentSpec[SigmoidMLPConfig, Any] = ExperimentSpec(
         "decay 0.999) trained 10,000 steps, saved, rebuilt in inference mode and restored."
     ),
     variants=VARIANTS,
-    load_data=load_data,
+    load_data=load_mnist_data,
     run=run,
     quick=quick,
     metrics=(
