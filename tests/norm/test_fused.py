@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnlab.norm import dispatch
+from bnlab.norm.kernels import fused as fused_module
 from bnlab.norm.kernels import fused_batch_norm, is_supported, plan_for, warmup
 
 # (shape, memory format, expected schedule)
@@ -27,7 +28,8 @@ LAYOUTS = [
     ((4, 6, 5, 3), torch.channels_last, "rows"),  # NHWC: (N*H*W, C) rows, widened
     ((7, 5), None, "rows"),  # (N, C)
     ((2, 3, 2, 3, 4), torch.channels_last_3d, "rows"),
-    ((3, 2, 40), None, "channel"),  # (N, C, L)
+    ((3, 2, 70), None, "channel"),  # (N, C, L)
+    ((3, 2, 40), None, "rows"),  # rows shorter than _MIN_CHANNEL_ROW
 ]
 
 
@@ -54,7 +56,17 @@ def _assert_close(a: Tensor, b: Tensor, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda case: f"{case[0]}-{case[2]}")
-def test_matches_torch(layout: tuple, training: bool, relu: bool, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("threads", ["by-size", "all"])
+def test_matches_torch(
+    layout: tuple,
+    training: bool,
+    relu: bool,
+    dtype: torch.dtype,
+    threads: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if threads == "all":  # these small tensors would run on one thread: use every thread
+        monkeypatch.setattr(fused_module, "_SERIAL_MAX_NUMEL", 0)
     shape, fmt, schedule = layout
     x, grad, w0, b0, rm0, rv0 = _inputs(shape, fmt, dtype)
     assert plan_for(x, threads=2).schedule == schedule
@@ -157,6 +169,16 @@ def test_thread_count_follows_torch() -> None:
         _assert_close(fused_batch_norm(x, None, None, training=True), expected, torch.float64)
     finally:
         torch.set_num_threads(old)
+
+
+def test_small_tensors_run_on_one_thread_and_keep_torchs_count() -> None:
+    wanted = torch.get_num_threads()
+    small = fused_module._SERIAL_MAX_NUMEL - 1
+    assert fused_module._threads(small) == 1
+    assert fused_module._threads(fused_module._SERIAL_MAX_NUMEL) == min(
+        wanted, fused_module._MAX_THREADS
+    )
+    assert torch.get_num_threads() == wanted  # numba's setting never leaks into torch's
 
 
 def test_unsupported_inputs_fall_back_to_the_reference() -> None:

@@ -40,7 +40,7 @@ SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 
 # The channel-slice schedule reads each channel once from memory when a channel's rows
 # are long enough to stream (L values each); shorter rows go to the row schedule.
-_MIN_CHANNEL_ROW = 32
+_MIN_CHANNEL_ROW = 64
 # The row schedule widens rows of fewer than this many values (C small, channels-last) by
 # viewing ``rep`` consecutive rows as one, so the inner loop stays vectorized.
 _MIN_ROW_WIDTH = 64
@@ -126,6 +126,11 @@ def _column_maps(layout: str, width: int, rep: int) -> tuple[np.ndarray, np.ndar
 
 # numba's pool size, fixed at its first parallel launch (NUMBA_NUM_THREADS).
 _MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+# Below this many values a kernel runs on one thread: waking the second thread and
+# joining it costs ~12 us per parallel region, more than it saves on small tensors
+# (measured on 2 cores, docs/performance.md: at 64x76 values 9 us on one thread, 18 us
+# on two; at 64x32x7x7 72 us against 87 us; at 64x12x14x14 two threads win).
+_SERIAL_MAX_NUMEL = 1 << 17
 # numba's thread count is per calling thread; remember what was set in each.
 _thread_state = threading.local()
 
@@ -133,24 +138,26 @@ _thread_state = threading.local()
 _pool_started = False
 
 
-def _threads() -> int:
-    """Kernel threads: torch's setting, so ``torch.set_num_threads`` governs both.
+def _threads(numel: int) -> int:
+    """Kernel threads for a tensor of ``numel`` values: 1 if small, else torch's setting.
 
-    numba's OpenMP pool is the one torch uses (same libgomp); starting it resets
-    OpenMP's thread count to ``NUMBA_NUM_THREADS``, which would silently undo a user's
-    ``torch.set_num_threads``. So the pool is started here and torch's count restored.
-    ``numba.set_num_threads`` costs microseconds, so it is called only on a change.
+    ``torch.set_num_threads`` governs both libraries: numba's OpenMP pool is the one
+    torch uses (same libgomp), and starting it resets OpenMP's thread count to
+    ``NUMBA_NUM_THREADS``, which would silently undo a user's ``torch.set_num_threads``.
+    So the pool is started here and torch's count restored. ``numba.set_num_threads``
+    costs ~3 us, so it is called only on a change (a network's layers come in runs of
+    large and small ones, so that is a few times per step).
     """
     global _pool_started
     wanted = torch.get_num_threads()
-    n = min(wanted, _MAX_THREADS)
+    n = 1 if numel < _SERIAL_MAX_NUMEL else min(wanted, _MAX_THREADS)
     if not _pool_started:
-        numba.set_num_threads(n)  # starts the pool
+        numba.set_num_threads(min(wanted, _MAX_THREADS))  # starts the pool
         _pool_started = True
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
-        _thread_state.threads = n
-    elif getattr(_thread_state, "threads", None) != n:
+        _thread_state.threads = min(wanted, _MAX_THREADS)
+    if getattr(_thread_state, "threads", None) != n:
         numba.set_num_threads(n)
         _thread_state.threads = n
     return n
@@ -247,7 +254,7 @@ def _forward(
     relu: bool,
 ) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray, Plan]:
     """Run the forward kernel: ``(y, x as used, float64 mean, float64 invstd, plan)``."""
-    threads = _threads()
+    threads = _threads(x.numel())
     plan = plan_for(x, threads)
     if plan.layout == "contiguous" and not x.is_contiguous():
         x = x.contiguous()
@@ -387,7 +394,7 @@ def _running_arrays(
 def _fused_backward(
     ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor, need_dx: bool
 ) -> tuple[Tensor | None, Tensor, Tensor]:
-    threads = _threads()
+    threads = _threads(x.numel())
     plan: Plan = ctx.plan
     num_channels = x.shape[1]
     w = _np_param(weight, num_channels, 1.0, x.dtype)
@@ -405,10 +412,20 @@ def _fused_backward(
     else:
         chan, _first = plan.columns()
         K.rows_backward(xv, dyv, chan, *args, threads)
-    dtype = weight.dtype if weight is not None else x.dtype
-    dw = torch.from_numpy(sum_gxhat).to(dtype)
-    db = torch.from_numpy(sum_g).to(bias.dtype if bias is not None else x.dtype)
+    dw = _to_tensor(sum_gxhat, weight.dtype if weight is not None else x.dtype)
+    db = _to_tensor(sum_g, bias.dtype if bias is not None else x.dtype)
     return dx, dw, db
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """The float64 array ``a`` as a tensor of ``dtype`` (numpy casts small arrays faster)."""
+    np_dtype = _NUMPY_DTYPES.get(dtype)
+    if np_dtype is None:
+        return torch.from_numpy(a).to(dtype)
+    return torch.from_numpy(a if np_dtype is np.float64 else a.astype(np_dtype))
 
 
 def _differentiable_backward(
