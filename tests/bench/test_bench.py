@@ -24,7 +24,7 @@ from bnlab.bench import (
     run_suite,
     shape_set,
 )
-from bnlab.bench.report import BenchConfig, check_claims, count_cases
+from bnlab.bench.report import BenchConfig, check_claims, count_cases, format_claims
 from bnlab.bench.shapes import BenchShape, deep_cnn_shapes
 from bnlab.bench.suite import layout_applies, make_candidates
 from bnlab.bench.timing import STATS, paired_ratio
@@ -145,6 +145,10 @@ def test_suite_table_and_claims() -> None:
     assert claims[0]["measured"] == pytest.approx(
         max(x.ratio("auto", "native") for x in results), abs=1e-3
     )
+    worst = max(results, key=lambda x: x.ratio("auto", "native"))
+    gap_us = (worst.time("auto") - worst.time("native")) * 1e6
+    assert claims[0]["worst_gap_us"] == pytest.approx(gap_us, abs=0.06)
+    assert f"{gap_us:+.1f} us per call" in format_claims(claims)
 
 
 def test_cli_choices_match_the_library() -> None:
