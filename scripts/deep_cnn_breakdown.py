@@ -23,21 +23,10 @@ import numpy as np
 import torch
 
 from bnlab.bench.nets import build_variant, make_step
+from bnlab.bench.timing import interleaved
 from bnlab.norm import dispatch
 from bnlab.norm.kernels import _numba as K
 from bnlab.norm.kernels import fused as FU
-
-
-def median_us(fn: Callable[[], object], calls: int = 300, warmup: int = 30) -> float:
-    """Median wall time of ``fn()`` in microseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 class _Nothing(torch.autograd.Function):
@@ -64,14 +53,22 @@ def fixed_costs() -> None:
             y = _Nothing.apply(y, w) if nodes else y
         y.sum().backward()
 
-    nodes = median_us(lambda: chain(True)) - median_us(lambda: chain(False))
+    t = interleaved({"nodes": lambda: chain(True), "plain": lambda: chain(False)}, budget_s=3.0)
+    nodes = (t["nodes"].median - t["plain"].median) * 1e6
     print(f"20 do-nothing autograd.Functions, forward+backward: {nodes:.0f} us per step")
-    for options in ({}, {"foreach": True}, {"fused": True}):
+    steps: dict[str, Callable[[], object]] = {}
+    variants: dict[str, dict[str, Any]] = {
+        "default": {},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+    }
+    for name, options in variants.items():
         params = [torch.zeros(40, requires_grad=True) for _ in range(40)]
         for p in params:
             p.grad = torch.zeros(40)
-        opt = torch.optim.Adam(params, lr=0.002, **options)
-        print(f"Adam{options or ''} over 40 BN parameters: {median_us(opt.step):.0f} us per step")
+        steps[name] = torch.optim.Adam(params, lr=0.002, **options).step
+    for name, timing in interleaved(steps, budget_s=3.0).items():
+        print(f"Adam ({name}) over 40 BN parameters: {timing.median * 1e6:.0f} us per step")
 
 
 def in_network(steps: int = 30) -> None:
@@ -95,8 +92,8 @@ def in_network(steps: int = 30) -> None:
         dispatch._FUSED_MIN_NUMEL = 0
         for name in patched:
             setattr(K, name, timed(name, originals[name]))
-        FU._forward = timed("_forward (glue + kernel)", FU._forward)  # type: ignore[assignment]
-        FU._fused_backward = timed("_fused_backward (glue + kernel)", FU._fused_backward)  # type: ignore[assignment]
+        FU._forward = timed("_forward (glue + kernel)", FU._forward)
+        FU._fused_backward = timed("_fused_backward (glue + kernel)", FU._fused_backward)
         step = make_step(build_variant("bnlab-bn"), 64)
         for _ in range(10):
             step()
@@ -108,7 +105,7 @@ def in_network(steps: int = 30) -> None:
         dispatch._FUSED_MIN_NUMEL = saved[1]
         for name, fn in originals.items():
             setattr(K, name, fn)
-        FU._forward, FU._fused_backward = glue  # type: ignore[assignment]
+        FU._forward, FU._fused_backward = glue
     print(f"deep-cnn step, every BN layer fused, per step ({steps} steps):")
     for name, values in times.items():
         print(f"  {name:32s} {sum(values) / steps * 1e3:6.2f} ms ({len(values) // steps} calls)")

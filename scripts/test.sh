@@ -6,9 +6,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/bootstrap.sh
 . .venv/bin/activate
-echo "[test] ruff check";        ruff check src tests
-echo "[test] ruff format --check"; ruff format --check src tests
-echo "[test] mypy";              mypy
+echo "[test] ruff check";        ruff check src tests scripts
+echo "[test] ruff format --check"; ruff format --check src tests scripts
+echo "[test] mypy";              mypy && mypy scripts
 echo "[test] pytest"
 if [ "$#" -gt 0 ]; then
   exec python -m pytest "$@"
