@@ -83,6 +83,7 @@ def test_matches_torch(
         y.backward(grad)
         results.append((y, xi.grad, w.grad, b.grad, rm, rv))
     for ours, theirs in zip(*results, strict=True):
+        assert ours.dtype == theirs.dtype  # gradients cast back to the parameters' dtype
         _assert_close(ours, theirs, dtype)
     assert results[0][0].stride() == results[1][0].stride()  # memory format kept
 

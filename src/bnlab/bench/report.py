@@ -209,10 +209,10 @@ def format_claims(claims: Sequence[dict[str, Any]]) -> str:
     lines = []
     for c in claims:
         verdict = "HOLDS" if c["holds"] else "FAILS"
-        where = f" (worst: {c['worst_case']}" if "worst_case" in c else ""
+        details = [f"worst: {c['worst_case']}"] if "worst_case" in c else []
         if "worst_gap_us" in c:
-            where += f", {c['worst_gap_us']:+.1f} us per call"
-        where += ")" if where else ""
+            details.append(f"{c['worst_gap_us']:+.1f} us per call")
+        where = f" ({', '.join(details)})" if details else ""
         measured = c["measured"]
         shown = (
             f"{measured:.3f}"
