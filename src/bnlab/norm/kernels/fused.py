@@ -151,13 +151,14 @@ def _threads(numel: int) -> int:
     """
     global _pool_started
     wanted = torch.get_num_threads()
-    n = 1 if numel < _SERIAL_MAX_NUMEL else min(wanted, _MAX_THREADS)
+    full = min(wanted, _MAX_THREADS)
     if not _pool_started:
-        numba.set_num_threads(min(wanted, _MAX_THREADS))  # starts the pool
+        numba.set_num_threads(full)  # starts the pool
         _pool_started = True
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
-        _thread_state.threads = min(wanted, _MAX_THREADS)
+        _thread_state.threads = full
+    n = 1 if numel < _SERIAL_MAX_NUMEL else full
     if getattr(_thread_state, "threads", None) != n:
         numba.set_num_threads(n)
         _thread_state.threads = n
