@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Table
-from bnlab.report.stats import format_summary, format_value, summarize
+from bnlab.report.stats import Summary, format_summary, format_value, summarize
 
 __all__ = ["band_table", "steps_table"]
 
@@ -71,8 +71,7 @@ def band_table(
     if ref is None:
         return Table(columns, (), caption)
     low, high = ref.min - slack, ref.max + slack
-    ref_range = f"{format_value(ref.min, fmt)} – {format_value(ref.max, fmt)}"
-    rows = [(reference, format_summary(ref, fmt), ref_range, "(reference)", "")]
+    rows = [(reference, format_summary(ref, fmt), _range(ref, fmt), "(reference)", "")]
     for variant in variants:
         values = results.values(variant, key)
         summary = summarize(values)
@@ -83,13 +82,17 @@ def band_table(
             (
                 variant,
                 format_summary(summary, fmt),
-                f"{format_value(summary.min, fmt)} – {format_value(summary.max, fmt)}",
+                _range(summary, fmt),
                 _signed(summary.mean - ref.mean, fmt),
                 "yes" if inside else "no",
             )
         )
     band = f"band = [{format_value(low, fmt)}, {format_value(high, fmt)}]"
     return Table(columns, tuple(rows), f"{caption} ({band})" if caption else band)
+
+
+def _range(summary: Summary, fmt: str) -> str:
+    return f"{format_value(summary.min, fmt)} – {format_value(summary.max, fmt)}"
 
 
 def _signed(value: float, fmt: str) -> str:
