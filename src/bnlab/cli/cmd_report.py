@@ -27,15 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse a path that is not a runs directory, or one holding no runs (nothing is
+    written then); otherwise build the report."""
+    from bnlab.cli.checks import writable_dir
     from bnlab.errors import BnlabError
     from bnlab.experiments import all_experiments
     from bnlab.report import build_report
+    from bnlab.report.results import load_results
 
     if not Path(args.runs_dir).is_dir():
         raise BnlabError(
             f"{args.runs_dir} is not a directory; expected a runs directory written by "
             "bnlab run or bnlab reproduce (their --out)"
         )
+    if not load_results(args.runs_dir):
+        raise BnlabError(
+            f"{args.runs_dir} holds no runs (no <experiment>/<variant>/seed-<k>/config.json); "
+            "pass the --out directory of bnlab run or bnlab reproduce"
+        )
+    writable_dir(args.out if args.out is not None else args.runs_dir, "--out")
     files = build_report(args.runs_dir, args.out, experiments=all_experiments())
     print(f"report: {files.html}")
     print(f"summary: {files.markdown}")

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from bnlab.cli.cmd_run import out_dir, setup, summary_text
+    from bnlab.cli.cmd_run import name_list, out_dir, setup, summary_text
     from bnlab.experiments import (
         ExperimentNotRunError,
         all_experiments,
@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup(args)
     names = list(experiment_names())
-    if args.experiment:
-        names = [n.strip() for item in args.experiment for n in item.split(",") if n.strip()]
+    chosen = name_list(args.experiment, "--experiment")
+    if chosen is not None:
+        names = chosen
         for name in names:
             get_experiment(name)  # unknown names fail before anything runs
     out = out_dir(args)

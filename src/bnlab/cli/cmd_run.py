@@ -109,14 +109,41 @@ def out_dir(args: argparse.Namespace) -> Path:
     return Path(DEFAULT_QUICK_OUT if args.quick else DEFAULT_OUT)
 
 
+def name_list(items: list[str] | None, flag: str) -> list[str] | None:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``; ``None`` when the option was not given.
+
+    Raises:
+        BnlabError: an empty name (``--variant ""`` or ``--variant a,,b``), which would
+            otherwise silently mean "all".
+    """
+    from bnlab.errors import BnlabError
+
+    if items is None:
+        return None
+    names = [name.strip() for item in items for name in item.split(",")]
+    if not names or any(not name for name in names):
+        raise BnlabError(
+            f"{flag} needs a name; got {' '.join(repr(i) for i in items)}. Leave {flag} out to "
+            "run them all (names: bnlab list)"
+        )
+    return names
+
+
 def setup(args: argparse.Namespace) -> None:
-    """Apply process-wide options (threads); check the seed count."""
+    """Apply process-wide options (threads); check the seed count, --out and --data-dir."""
     import torch
 
+    from bnlab.cli.checks import writable_dir
     from bnlab.errors import BnlabError
 
     if args.seeds < 1:
         raise BnlabError(f"--seeds must be >= 1; got {args.seeds}")
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().exists():
+        raise BnlabError(
+            f"--data-dir {args.data_dir} does not exist; pass a directory holding the data "
+            "(bnlab data shows what is available)"
+        )
+    writable_dir(out_dir(args), "--out")
     if args.threads is not None:
         if args.threads < 1:
             raise BnlabError(f"--threads must be >= 1; got {args.threads}")
@@ -147,9 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print("--sync-bn: one process, nothing to synchronize", file=sys.stderr)
     setup(args)
     spec = get_experiment(args.experiment)
-    variants = None
-    if args.variant:
-        variants = [v.strip() for item in args.variant for v in item.split(",") if v.strip()]
+    variants = name_list(args.variant, "--variant")
     out = out_dir(args)
     # Ranks other than 0 train silently: one log, one progress bar, one summary.
     quiet: dict[str, Any] = {} if dp.is_main else {"log": lambda _message: None}

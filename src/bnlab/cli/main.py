@@ -8,8 +8,11 @@ inside ``run`` so that ``bnlab --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -24,6 +27,33 @@ def _command_module(name: str) -> ModuleType:
     return importlib.import_module(f"bnlab.cli.cmd_{name.replace('-', '_')}")
 
 
+#: Set to 1 to print tracebacks of user errors (as ``--debug`` does).
+DEBUG_ENV = "BNLAB_DEBUG"
+
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space, then rerun the same command (finished runs are kept and "
+    "an interrupted one resumes from its last checkpoint)",
+    errno.EDQUOT: "free space within your quota, then rerun the same command",
+    errno.EACCES: "choose a directory you can write (--out DIR)",
+    errno.EPERM: "choose a directory you can write (--out DIR)",
+    errno.EROFS: "the file system is read-only: choose another directory (--out DIR)",
+    errno.ENOTDIR: "a path component is a file, not a directory: choose another path",
+    errno.EEXIST: "a file is in the way: choose another path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, what to do."""
+    what = exc.strerror or str(exc)
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = _OS_HINTS.get(exc.errno or 0, "check the path and the disk, then rerun")
+    return f"{what}{where}; {hint}"
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with one sub-parser per command in :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
@@ -31,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch normalization: library, experiments, report.",
     )
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an error (also: {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = _command_module(name)
@@ -41,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage or input error)."""
+    """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 usage or input error).
+
+    A :class:`BnlabError` or an ``OSError`` (disk full, no permission) is printed as one line
+    ``bnlab COMMAND: error: ...`` and gives exit status 2; ``--debug`` or ``BNLAB_DEBUG=1``
+    prints the traceback too. Other exceptions are bugs and keep their traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -50,11 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except BnlabError as exc:
-        print(f"bnlab {args.command}: error: {exc}", file=sys.stderr)
+        # One line: what was wrong and how to fix it (the traceback with --debug).
+        if _debug(args):
+            traceback.print_exc()
+        print(f"bnlab {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Disk full, a read-only or vanished directory: the user's environment, not a bug.
+        if _debug(args):
+            traceback.print_exc()
+        print(f"bnlab {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,17 +10,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from bnlab.errors import UnknownNameError
+from bnlab.errors import BnlabError, UnknownNameError
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Curve, Metric
 from bnlab.train.rundir import RunDir
 
-__all__ = ["ExperimentSpec", "RunContext", "Variant", "apply_overrides", "config_to_dict"]
+__all__ = [
+    "ConfigError",
+    "ExperimentSpec",
+    "RunContext",
+    "Variant",
+    "apply_overrides",
+    "check_config",
+    "config_to_dict",
+]
+
+
+class ConfigError(BnlabError, ValueError):
+    """A config value that does not parse or that the config refuses (e.g. ``--set
+    batch_size=0``); raised when the config is resolved, before any data loads."""
+
 
 C = TypeVar("C")
 D = TypeVar("D")
@@ -110,7 +125,8 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
 
     Raises:
         UnknownNameError: a name that is not a field of the config (the valid ones listed).
-        ValueError: a value that does not convert, or that the config rejects.
+        ConfigError: ``seed`` (the engine sets it per run), a value that does not convert, or
+            one that the config rejects; the message names ``--set FIELD=VALUE``.
     """
     if not overrides:
         return config
@@ -119,8 +135,47 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
     for key, text in overrides.items():
         if key not in names:
             raise UnknownNameError(f"field of {type(config).__name__}", key, names)
-        changes[key] = _parse(key, text, getattr(config, key))
-    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+        if key == "seed":
+            # Every run would get the same seed: K "seeds" that are one run K times.
+            raise ConfigError(
+                f"--set seed={text} is not allowed: each run's seed comes from --seeds K "
+                "(seeds 0..K-1, one run directory each); drop --set seed"
+            )
+        try:
+            changes[key] = _parse(key, text, getattr(config, key))
+        except ValueError as exc:
+            raise ConfigError(f"--set {key}={text}: {exc}") from None
+    try:
+        return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+    except (ValueError, TypeError) as exc:
+        shown = " ".join(f"--set {k}={overrides[k]}" for k in changes)
+        raise ConfigError(f"{shown}: {exc}") from None
+
+
+def check_config(config: Any) -> None:
+    """Checks every experiment's config passes besides its own ``__post_init__``.
+
+    Every float field must be finite, and a field named ``learning_rate`` (or ending in
+    ``_learning_rate``) must be > 0: an optimizer refuses a negative rate only when it is
+    built, after the data loaded; NaN it accepts and trains on.
+
+    Raises:
+        ConfigError: the first field that fails, named with its value.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not isinstance(value, float):
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"{type(config).__name__}.{f.name} must be a finite number; got {value} "
+                f"(set it with --set {f.name}=VALUE)"
+            )
+        if (f.name == "learning_rate" or f.name.endswith("_learning_rate")) and value <= 0:
+            raise ConfigError(
+                f"{type(config).__name__}.{f.name} must be > 0; got {value} "
+                f"(set it with --set {f.name}=VALUE)"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,11 +262,19 @@ class ExperimentSpec(Generic[C, D]):
         overrides: Mapping[str, str] | None = None,
     ) -> C:
         """The resolved config of one run: the variant's config with ``seed``, then the quick
-        sizes (if ``quick``), then ``overrides`` (see :func:`apply_overrides`)."""
+        sizes (if ``quick``), then ``overrides`` (see :func:`apply_overrides`), checked by
+        :func:`check_config`.
+
+        Raises:
+            UnknownNameError: an unknown variant or field name.
+            ConfigError: an override that does not parse or that the config refuses.
+        """
         config = dataclasses.replace(self.get_variant(variant).config, seed=seed)  # type: ignore[type-var]
         if quick:
             config = self.quick(config)
-        return apply_overrides(config, overrides or {})
+        config = apply_overrides(config, overrides or {})
+        check_config(config)
+        return config
 
 
 def load_mnist_data(data_dir: Path | None, progress: bool) -> Any:
