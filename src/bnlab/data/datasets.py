@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,8 @@ class Datasets:
         name: ``"mnist"``, ``"cifar10"`` or another MNIST-format data set's directory name.
         classes: class names, index = label.
         source: the directory or archive the data came from (for logs and run records).
+        provenance: the files read, their digests and whether they are the published data
+            (see :mod:`bnlab.data.provenance`); empty when built in memory.
     """
 
     train: Split
@@ -86,6 +90,7 @@ class Datasets:
     name: str
     classes: tuple[str, ...]
     source: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +104,46 @@ class Datasets:
             f"{self.name}: train {len(self.train)}, validation {len(self.validation)}, "
             f"test {len(self.test)}, images {c}x{h}x{w}, {self.num_classes} classes, "
             f"from {self.source}"
+        )
+
+
+def check_labels(labels: Tensor, num_classes: int, where: str) -> None:
+    """Refuse labels outside ``[0, num_classes)``.
+
+    Raises:
+        CorruptFileError: naming ``where``, the number of bad labels and the first one.
+    """
+    from bnlab.data.errors import CorruptFileError
+
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if bad.numel():
+        first = int(bad[0])
+        raise CorruptFileError(
+            where,
+            "labels",
+            f"class indices 0..{num_classes - 1} ({num_classes} classes)",
+            f"{bad.numel()} outside that range, the first {int(labels[first])} at index "
+            f"{first}; replace the file with an intact copy",
+        )
+
+
+def check_not_empty(splits: Mapping[str, int], where: str) -> None:
+    """Refuse empty splits (``{"train": n, ...}``): a model cannot train or be measured on
+    zero examples, and the failure would otherwise come later as a bare ``max()`` error.
+
+    Raises:
+        CorruptFileError: naming ``where`` and the empty splits.
+    """
+    from bnlab.data.errors import CorruptFileError
+
+    empty = [name for name, n in splits.items() if n == 0]
+    if empty:
+        sizes = ", ".join(f"{name} {n}" for name, n in splits.items())
+        raise CorruptFileError(
+            where,
+            "split sizes",
+            "at least one example in every split",
+            f"{sizes}; use files with more examples",
         )
 
 

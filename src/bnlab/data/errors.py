@@ -94,3 +94,8 @@ class NpmError(FetchError):
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A data set found nowhere bnlab looked; the message lists the places and what to do."""
+
+
+class DataExistsError(DataError, FileExistsError):
+    """Writing a synthetic data set would replace files that are not bnlab fakes (or, when
+    asked to never overwrite, any file)."""

