@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bnlab.experiments import get_experiment
 from bnlab.experiments.deep_cnn import SPEC, DeepCNNConfig, build_model, sigmoid_cross_entropy
 from bnlab.models import Conv2dSame, LowLevelBatchNorm
-from bnlab.report import VERDICT_TEXT, ExperimentResults, RunRecord
+from bnlab.report import ExperimentResults, RunRecord, verdict_text
 
 
 def test_registered_with_the_seed_variants() -> None:
@@ -64,25 +64,60 @@ def test_config_rejects_bad_values() -> None:
         DeepCNNConfig(bn_decay=1.0)
 
 
-def _results(metrics: dict[str, dict[str, float]], val_at_501: float = 0.95) -> ExperimentResults:
+#: Per-seed offsets of the synthetic runs: three seeds spread like real ones.
+_SPREAD = (-0.004, 0.0, 0.004)
+
+
+def _results(
+    metrics: dict[str, dict[str, float]], val_at_501: float = 0.95, seeds: int = 1
+) -> ExperimentResults:
+    """Synthetic finished runs: ``seeds`` per variant, each value shifted by its offset."""
     results = ExperimentResults("deep-cnn")
+    offsets = _SPREAD[:seeds] if seeds > 1 else (0.0,)
     for variant, values in metrics.items():
-        run = RunRecord(
-            Path(variant), "deep-cnn", variant, 0, {}, False, {}, {"metrics": values}, None
-        )
-        run._log = [{"phase": "train", "tag": "validation", "step": 501, "accuracy": val_at_501}]
-        results.runs[variant] = [run]
+        runs = []
+        for seed, offset in enumerate(offsets):
+            shifted = {k: v + offset for k, v in values.items()}
+            run = RunRecord(
+                Path(variant), "deep-cnn", variant, seed, {}, False, {}, {"metrics": shifted}, None
+            )
+            run._log = [
+                {
+                    "phase": "train",
+                    "tag": "validation",
+                    "step": 501,
+                    "accuracy": val_at_501 + offset,
+                }
+            ]
+            runs.append(run)
+        results.runs[variant] = runs
     return results
 
 
 def _good() -> dict[str, dict[str, float]]:
-    bn = {"test_accuracy": 0.97, "single_image_accuracy": 0.98, "batched_first_n_accuracy": 0.98}
+    bn = {"test_accuracy": 0.95, "single_image_accuracy": 0.96, "batched_first_n_accuracy": 0.96}
     return {"no-bn": {"test_accuracy": 0.1135}, **{v: dict(bn) for v in SPEC.variant_names()[1:]}}
 
 
 def test_claims_hold_on_seed_like_numbers() -> None:
-    verdicts = [claim.check(_results(_good())) for claim in SPEC.claims]
-    assert [VERDICT_TEXT[v.holds] for v in verdicts] == ["holds"] * 6
+    verdicts = [claim.check(_results(_good(), val_at_501=0.945, seeds=3)) for claim in SPEC.claims]
+    consistent = "holds: consistent with the original"
+    assert [verdict_text(v) for v in verdicts] == [
+        "holds",  # literal (no reference of the no-BN network)
+        consistent,
+        consistent,
+        consistent,
+        consistent,
+        "holds",  # literal (no reference of the placements)
+    ]
+    # Judged on the distributions: the test, both sides' n and the literal beside it.
+    at_500 = verdicts[2]
+    assert at_500.reference.startswith("tf.layers version: 94.58 ± 1.04% [92.06, 96.04]")
+    assert "(n=10 runs)" in at_500.reference and "(n=3 seeds)" in at_500.measured
+    assert "permutation test p = " in at_500.basis and "n = 3 bnlab seeds vs 10" in at_500.basis
+    assert "literal > 91.00%: bnlab 3/3 seeds, original 10/10 runs" in at_500.basis
+    assert "tf.nn version" in verdicts[4].reference and "vs 5 original" in verdicts[4].basis
+    assert "no reference" in verdicts[0].basis
 
 
 def test_claims_fail_when_the_numbers_contradict_the_seed() -> None:
@@ -90,13 +125,27 @@ def test_claims_fail_when_the_numbers_contradict_the_seed() -> None:
     bad["no-bn"]["test_accuracy"] = 0.5  # no-BN learned
     bad["relu-bn"]["test_accuracy"] = 0.8  # a placement did not train
     bad["bn"]["single_image_accuracy"] = 0.1  # batch statistics at inference
-    verdicts = [claim.check(_results(bad, val_at_501=0.5)) for claim in SPEC.claims]
+    bad["bn"]["test_accuracy"] = 0.993  # above every run of the original
+    verdicts = [claim.check(_results(bad, val_at_501=0.5, seeds=3)) for claim in SPEC.claims]
     assert [v.holds for v in verdicts] == [False, True, False, False, True, False]
-    assert "relu-bn: 80.00%" in verdicts[5].measured
-    assert "max |one-at-a-time − batched| = 88 points" in verdicts[3].measured
+    assert [verdict_text(v) for v in verdicts[1:4]] == [
+        "bnlab better than the original",
+        "bnlab worse than the original",
+        "bnlab worse than the original",
+    ]
+    assert "relu-bn: 80.00 ± 0.40% (n=3, min 79.60%)" in verdicts[5].measured
+    assert "literal criterion does not hold" in verdicts[3].basis
+    assert "max |one-at-a-time − batched| = 86 points" in verdicts[3].measured
     assert all(
         v.holds is None for v in (c.check(ExperimentResults("deep-cnn")) for c in SPEC.claims)
     )
+
+
+def test_one_seed_cannot_decide_against_the_reference() -> None:
+    verdicts = [claim.check(_results(_good(), seeds=1)) for claim in SPEC.claims]
+    assert verdicts[2].holds is None
+    assert verdict_text(verdicts[2]) == "undecided: too few seeds for the test"
+    assert "n = 1 bnlab seeds vs 10 original runs" in verdicts[2].basis
 
 
 def test_seed_log_table_follows_the_seed_schedule() -> None:

@@ -149,9 +149,9 @@ def test_claim_checks_hold_fail_and_abstain(runs: Path) -> None:
     assert [v.holds for v in verdicts] == [True, True, True, None]
     assert verdicts[0].measured == "bn: 94.00 ± 1.41% (n=2, min 93.00%)"
     assert verdicts[2].measured.startswith("at step 21: bn:")
-    assert every_run(["bn"], "test_accuracy", above=0.94)(toy) == Verdict(
-        verdicts[0].measured, False
-    )
+    stricter = every_run(["bn"], "test_accuracy", above=0.94)(toy)
+    assert (stricter.measured, stricter.holds) == (verdicts[0].measured, False)
+    assert stricter.basis.endswith("1/2 seeds pass") and "no reference" in stricter.basis
     with pytest.raises(ValueError, match="threshold"):
         every_run(["bn"], "test_accuracy")(toy)
 
@@ -199,10 +199,16 @@ def test_unregistered_experiment_gets_generic_tables(runs: Path, tmp_path: Path)
 
 
 def test_renderers_cover_every_block() -> None:
-    blocks: list[Block] = [Paragraph("a | b"), Table(("x", "y"), (("1", "does not hold"),), "T")]
+    blocks: list[Block] = [
+        Paragraph("a | b"),
+        Table(("x", "verdict"), (("1", "does not hold"),), "T"),
+        Table(("claim", "y"), (("holds up", "does not hold"),), "not a verdict column"),
+    ]
     doc = Document("Title", blocks, [Section("S one", list(blocks))])
     html = render_html(doc)
     assert '<td class="bad">does not hold</td>' in html and 'href="#s-one"' in html
+    # Only a column named "verdict" is coloured.
+    assert "<td>holds up</td><td>does not hold</td>" in html
     md = render_markdown(doc)
     assert "| 1 | does not hold |" in md and "a | b" in md
     with pytest.raises(ValueError, match="2 cells"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnlab.report.claims import LITERAL_RULE, REFERENCE_RULE
 from bnlab.report.plots import curve_png
 from bnlab.report.render import (
     VERDICT_TEXT,
@@ -30,7 +31,17 @@ from bnlab.report.spec import Block, Figure, Metric, Paragraph, Reportable, Tabl
 from bnlab.report.stats import format_summary, format_value, summarize
 from bnlab.train.io import to_json, write_bytes_atomic, write_text_atomic
 
-__all__ = ["ReportFiles", "build_document", "build_report", "experiment_section", "metric_table"]
+__all__ = [
+    "CLAIM_COLUMNS",
+    "NO_REFERENCE",
+    "ClaimRow",
+    "ReportFiles",
+    "build_document",
+    "build_report",
+    "experiment_section",
+    "metric_table",
+    "verdict_text",
+]
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,11 @@ def metric_table(
     )
 
 
+def _holds(text: str) -> bool:
+    """Whether a verdict text counts as holding (consistent with or better than the original)."""
+    return text == VERDICT_TEXT[True] or text.startswith(("holds", "bnlab better"))
+
+
 def _check(claim_check: Any, results: ExperimentResults) -> Verdict:
     try:
         verdict = claim_check(results)
@@ -127,17 +143,43 @@ def _check(claim_check: Any, results: ExperimentResults) -> Verdict:
     return verdict
 
 
+#: Shown in the reference column of a claim that has no run of the seed's own code.
+NO_REFERENCE = "– (not measured: literal threshold)"
+
+#: The columns of an experiment's claims table.
+CLAIM_COLUMNS = (
+    "seed claim",
+    "criterion",
+    "the seed's own code (n runs)",
+    "bnlab (n seeds)",
+    "verdict",
+    "what the verdict rests on",
+)
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """One claim in the overview: experiment, claim (short), reference, bnlab, verdict."""
+
+    experiment: str
+    claim: str
+    reference: str
+    measured: str
+    verdict: str
+
+
+def verdict_text(verdict: Verdict) -> str:
+    """The verdict in words: its ``outcome`` if it has one, else holds / does not hold."""
+    return verdict.outcome or VERDICT_TEXT[verdict.holds]
+
+
 def experiment_section(
     name: str,
     spec: Reportable | None,
     results: ExperimentResults | None,
     runs_dir: Path,
-) -> tuple[Section, list[tuple[str, str, str, str]]]:
-    """Build the section of one experiment; also return its claims rows for the overview.
-
-    Returns:
-        ``(section, claims)`` with claims rows ``(experiment, claim, measured, verdict)``.
-    """
+) -> tuple[Section, list[ClaimRow]]:
+    """Build the section of one experiment; also return its claims rows for the overview."""
     title = f"{name}: {spec.title}" if spec is not None else name
     section = Section(title, anchor=slug(name))
     blocks: list[Block] = section.blocks
@@ -162,17 +204,20 @@ def experiment_section(
         )
     variants = _ordered_variants(spec, results)
 
-    claim_rows: list[tuple[str, str, str, str]] = []
+    claim_rows: list[ClaimRow] = []
     if spec is not None and spec.claims:
         rows = []
         for claim in spec.claims:
             verdict = _check(claim.check, results)
-            text = VERDICT_TEXT[verdict.holds]
-            rows.append((claim.text, claim.criterion, verdict.measured, text))
-            claim_rows.append((name, claim.text, verdict.measured, text))
-        blocks.append(
-            Table(("seed claim", "criterion", "measured", "verdict"), tuple(rows), "Claims")
-        )
+            text = verdict_text(verdict)
+            reference = verdict.reference or NO_REFERENCE
+            rows.append(
+                (claim.text, claim.criterion, reference, verdict.measured, text, verdict.basis)
+            )
+            claim_rows.append(
+                ClaimRow(name, claim.short or claim.text, reference, verdict.measured, text)
+            )
+        blocks.append(Table(CLAIM_COLUMNS, tuple(rows), "Claims"))
 
     if spec is not None:
         descriptions = spec.variant_descriptions()
@@ -200,6 +245,11 @@ def experiment_section(
             if drawn is not None:
                 png, _ = drawn
                 caption = f"{curve.title}: mean over seeds, band from min to max over seeds."
+                if curve.references:
+                    caption += (
+                        " Dashed, with a hatched min-max band: the seed's own TF1 code over "
+                        "its reference runs."
+                    )
                 blocks.append(Figure(png, caption, slug(f"{curve.tag}-{curve.key}-{curve.title}")))
         if spec.extra_blocks is not None and results.runs:
             try:
@@ -253,7 +303,7 @@ def build_document(
     all_results = load_results(root)
     names = list(experiments) + [n for n in all_results if n not in experiments]
     sections: list[Section] = []
-    claim_rows: list[tuple[str, str, str, str]] = []
+    claim_rows: list[ClaimRow] = []
     status_rows = []
     for name in names:
         results = all_results.get(name)
@@ -269,7 +319,7 @@ def build_document(
         else:
             failed = sum(run.status == "failed" for run in runs)
             status = f"{done}/{len(runs)} runs finished" + (f", {failed} failed" if failed else "")
-        held = sum(row[3] == VERDICT_TEXT[True] for row in claims)
+        held = sum(_holds(row.verdict) for row in claims)
         status_rows.append((name, status, f"{held}/{len(claims)}" if claims else "–"))
 
     intro: list[Block] = []
@@ -285,9 +335,20 @@ def build_document(
         Table(("experiment", "status", "claims holding"), tuple(status_rows), "Experiments")
     )
     if claim_rows:
+        intro.append(Paragraph(f"How claims are judged. {REFERENCE_RULE} {LITERAL_RULE}"))
         intro.append(
             Table(
-                ("experiment", "seed claim", "measured", "verdict"), tuple(claim_rows), "All claims"
+                (
+                    "experiment",
+                    "seed claim",
+                    "the seed's own code (n runs)",
+                    "bnlab (n seeds)",
+                    "verdict",
+                ),
+                tuple(
+                    (r.experiment, r.claim, r.reference, r.measured, r.verdict) for r in claim_rows
+                ),
+                "All claims",
             )
         )
     env = _environment_section(all_results)

@@ -1,5 +1,8 @@
 """Plots for the report: one PNG per curve, mean over seeds with a min-max band.
 
+A curve that names references (runs of the seed's own code) also draws their mean, dashed,
+and their min-max band, hatched, in the colour of the variant they are the reference of.
+
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no
 display needed) and saved without a software/date stamp, so the same runs give the same
 bytes.
@@ -51,6 +54,8 @@ def curve_png(
 ) -> tuple[bytes, int] | None:
     """Draw ``curve`` for ``variants``: the mean over seeds and a band from min to max.
 
+    The curve's references are drawn dashed with a hatched min-max band beside them.
+
     Args:
         results: the experiment's runs.
         curve: what to draw.
@@ -86,6 +91,36 @@ def curve_png(
         lines += 1
     if lines == 0:
         return None
+    for reference in curve.references:
+        steps, per_run = reference.curves()
+        if not steps:
+            continue
+        columns = list(zip(*per_run, strict=True))
+        color = (
+            PALETTE[variants.index(reference.variant) % len(PALETTE)]
+            if reference.variant in variants
+            else "#555555"
+        )
+        mean = [scale * sum(col) / len(col) for col in columns]
+        ax.plot(
+            steps,
+            mean,
+            color=color,
+            linewidth=1.4,
+            linestyle="--",
+            label=f"{reference.label} (n={len(per_run)})",
+        )
+        if len(per_run) > 1:
+            ax.fill_between(
+                steps,
+                [scale * min(col) for col in columns],
+                [scale * max(col) for col in columns],
+                facecolor="none",
+                edgecolor=color,
+                hatch="///",
+                alpha=0.45,
+                linewidth=0,
+            )
     ax.set_title(curve.title)
     ax.set_xlabel("step (optimizer updates)")
     ax.set_ylabel(curve.ylabel + (" (%)" if curve.fmt == "pct" else ""))

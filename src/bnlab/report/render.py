@@ -23,11 +23,31 @@ __all__ = [
     "render_markdown",
     "render_text_table",
     "slug",
+    "verdict_class",
 ]
 
 #: How a claim's verdict is written in the tables (and coloured in HTML).
 VERDICT_TEXT = {True: "holds", False: "does not hold", None: "not measured"}
-_VERDICT_CLASS = {"holds": "ok", "does not hold": "bad", "not measured": "na"}
+
+#: Colour classes of a "verdict" column's cells, by how the text starts (first match).
+_VERDICT_CLASS = (
+    ("holds", "ok"),
+    ("bnlab better", "ok"),
+    ("does not hold", "bad"),
+    ("bnlab worse", "bad"),
+    ("bnlab differs", "bad"),
+    ("not measured", "na"),
+    ("undecided", "na"),
+)
+
+
+def verdict_class(text: str) -> str | None:
+    """The HTML class of a verdict cell (``"ok"``, ``"bad"``, ``"na"``), or ``None``.
+
+    >>> verdict_class("holds: consistent with the original"), verdict_class("bnlab worse ...")
+    ('ok', 'bad')
+    """
+    return next((css for start, css in _VERDICT_CLASS if text.startswith(start)), None)
 
 
 def slug(text: str) -> str:
@@ -101,10 +121,12 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Table):
         head = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
         rows = []
+        # Only the verdict column is coloured (a claim's own text may start with "holds").
+        verdict_col = block.columns.index("verdict") if "verdict" in block.columns else -1
         for row in block.rows:
             cells = []
-            for cell in row:
-                css = _VERDICT_CLASS.get(cell)
+            for index, cell in enumerate(row):
+                css = verdict_class(cell) if index == verdict_col else None
                 attr = f' class="{css}"' if css else ""
                 cells.append(f"<td{attr}>{html.escape(cell)}</td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bnlab.report.reference import SeriesReference
+
 if TYPE_CHECKING:
     from bnlab.report.results import ExperimentResults
 
@@ -66,6 +68,8 @@ class Curve:
         smooth: moving-average window over steps, applied per seed (1: none).
         logy: logarithmic y axis.
         fmt: ``"pct"`` draws fractions as percentages.
+        references: the same quantity from runs of the seed's own code, drawn dashed with
+            their own min-max band beside bnlab's.
     """
 
     tag: str
@@ -77,6 +81,7 @@ class Curve:
     smooth: int = 1
     logy: bool = False
     fmt: str = "float"
+    references: tuple[SeriesReference, ...] = ()
 
     def __post_init__(self) -> None:
         if self.smooth < 1:
@@ -89,13 +94,28 @@ class Curve:
 class Verdict:
     """The outcome of checking a claim.
 
+    A claim with a reference (runs of the seed's own code) is judged on the two
+    distributions: ``outcome`` then says how bnlab compares with the original
+    (``"holds: consistent with the original"``, ``"bnlab worse than the original"``, ...)
+    and ``basis`` gives the test and the literal threshold beside it. A claim without one
+    is judged on the literal threshold alone and ``outcome`` stays empty.
+
     Attributes:
-        measured: what was measured, in words and numbers (mean ± sd over seeds, n).
-        holds: ``True``/``False``, or ``None`` when the runs needed are missing.
+        measured: what bnlab measured, in words and numbers (mean ± sd over seeds, n).
+        holds: ``True``/``False``, or ``None`` when the runs needed are missing (or too
+            few to decide).
+        reference: what the seed's own code gives over its runs (mean ± sd [range], n);
+            empty when no reference exists.
+        outcome: the verdict in words when it is not plain holds / does not hold.
+        basis: what the verdict rests on: the rule, the test's p, the seeds on each side,
+            and the literal threshold's result.
     """
 
     measured: str
     holds: bool | None
+    reference: str = ""
+    outcome: str = ""
+    basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,11 +126,13 @@ class Claim:
         text: the claim, in the seed's words or close to them.
         check: computes the :class:`Verdict` from the experiment's results.
         criterion: the test applied, in words (e.g. "every seed below 15%").
+        short: a few words for summary tables (default: ``text``).
     """
 
     text: str
     check: Callable[[ExperimentResults], Verdict]
     criterion: str = ""
+    short: str = ""
 
 
 @dataclass(frozen=True)
