@@ -89,7 +89,7 @@ def test_checkpoint_round_trip_restores_the_generators(tmp_path: Path) -> None:
 
 def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="delete it"):
+    with pytest.raises(ValueError, match="pass --restart"):
         Checkpoint.load(tmp_path / "bad.pt")
     torch.save({"format": 999}, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="format 1, found 999"):

@@ -1,14 +1,18 @@
 """The engine: run an experiment's variants over seeds into run directories.
 
-For each (variant, seed) it resolves the config, writes ``config.json`` and ``env.json``,
+For each (variant, seed) it takes the run directory's lock (one process per run), resolves
+the config, writes ``config.json``, ``env.json`` and ``data.json`` (the data's provenance),
 calls the experiment's ``run`` (which resumes from its checkpoints), and writes
-``result.json`` last. A finished run is skipped, an interrupted one resumes, a run
-directory holding a different config is refused (or discarded with ``restart``).
+``result.json`` last. A finished run is skipped only when its config and data fingerprint
+match; an interrupted one resumes after its metrics log is cut back to the last checkpoint
+and leftover temporary files are removed; a run directory holding a different config or
+data is refused (or discarded with ``restart``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import shutil
 import sys
@@ -27,14 +31,16 @@ from bnlab.experiments.base import ExperimentSpec, RunContext, config_to_dict
 from bnlab.report.results import NOT_RUN
 from bnlab.train import distributed as data_parallel
 from bnlab.train.env import capture_environment, process_git_revision
-from bnlab.train.errors import RunConflictError
+from bnlab.train.errors import RunConflictError, RunFilesError
 from bnlab.train.io import write_json_atomic
+from bnlab.train.lock import RunLockedError, run_lock
 from bnlab.train.progress import progress_enabled
 from bnlab.train.rundir import RunDir
 
 __all__ = [
     "ExperimentNotRunError",
     "RunOutcome",
+    "data_provenance",
     "run_experiment",
     "run_one",
     "seed_list",
@@ -125,6 +131,60 @@ def _resolved(
     return resolved
 
 
+_NO_DATA_NOTE = "no data set loaded up front: the experiment reads its own inputs"
+
+
+def data_provenance(data: Any) -> dict[str, Any]:
+    """The provenance record of what ``spec.load_data`` returned (see
+    :mod:`bnlab.data.provenance`): ``data.provenance``, or that of a ``Datasets`` held in
+    one of its fields; otherwise a record without files or fingerprint (nothing to compare).
+    """
+    candidates = [data]
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        candidates += [getattr(data, f.name) for f in dataclasses.fields(data)]
+    for candidate in candidates:
+        provenance = getattr(candidate, "provenance", None)
+        if isinstance(provenance, Mapping) and provenance:
+            return dict(provenance)
+    return {
+        "dataset": None,
+        "published": None,
+        "files": [],
+        "fingerprint": None,
+        "note": _NO_DATA_NOTE,
+    }
+
+
+def describe_data(provenance: Mapping[str, Any] | None) -> str:
+    """A few words on a provenance record: ``"mnist from /x (the published MNIST)"``."""
+    if not provenance:
+        return "unknown data (the run predates bnlab's data records)"
+    if not provenance.get("dataset"):
+        return str(provenance.get("note", "no data set"))
+    published = {True: "the published data", False: "NOT the published data", None: ""}.get(
+        provenance.get("published"), ""
+    )
+    where = provenance.get("directory") or "?"
+    short = str(provenance.get("fingerprint") or "")[:12]
+    extra = ", ".join(x for x in (published, f"fingerprint {short}" if short else "") if x)
+    return f"{provenance['dataset']} from {where}" + (f" ({extra})" if extra else "")
+
+
+def _check_data(run: RunDir, provenance: Mapping[str, Any]) -> str | None:
+    """Why the run directory's recorded data differ from ``provenance`` (``None``: same)."""
+    try:
+        stored = run.read_data()
+    except ValueError as exc:
+        return f"its {RunDir.DATA} is unreadable ({exc})"
+    if stored is None or not provenance.get("fingerprint"):
+        return None  # made before data records, or nothing to compare
+    if stored.get("fingerprint") == provenance.get("fingerprint"):
+        return None
+    return (
+        f"it was trained on {describe_data(stored)}; this command reads {describe_data(provenance)}"
+    )
+
+
 def run_path(out_dir: str | Path, experiment: str, variant: str, seed: int) -> Path:
     """``out_dir/<experiment>/<variant>/seed-<seed>``; under data-parallel training the
     variant directory names the world size and whether BN statistics were synchronized
@@ -146,24 +206,80 @@ def run_one(
     overrides: Mapping[str, str] | None = None,
     is_main: bool = True,
     log: Log = _stderr,
+    provenance: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Run (or resume, or skip) one seed of one variant into its run directory.
 
+    The whole call holds the run directory's lock (:func:`bnlab.train.lock.run_lock`), so
+    two processes never train one run. A finished run is skipped only if its config and
+    data fingerprint match. Before a resume the metrics log is cut back to the latest
+    checkpoint and temporary files of a killed write are removed, so the finished log is
+    record for record the one an uninterrupted run writes.
+
+    Args:
+        provenance: the data's provenance (default :func:`data_provenance` of ``data``),
+            written to ``data.json``.
+
     Raises:
-        RunConflictError: the directory holds a run with another config and ``restart`` is
-            false.
+        RunLockedError: another process is training this run (its PID in the message).
+        RunConflictError: the directory holds a run with another config or other data, or
+            unreadable run files, and ``restart`` is false.
+        CheckpointError, RunFilesError: a resume found a corrupt checkpoint or a metrics
+            log shorter than its checkpoint (the message says ``--restart``).
         Exception: whatever the experiment raised (after ``failed.json`` was written).
     """
     config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
     run = RunDir(run_path(out_dir, spec.name, variant, seed))
     resolved = _resolved(spec, variant, seed, config, quick)
+    provenance = dict(provenance) if provenance is not None else data_provenance(data)
+    with run_lock(run.path, enabled=is_main):
+        return _run_locked(
+            spec,
+            run,
+            config,
+            resolved,
+            provenance,
+            data,
+            progress=progress,
+            restart=restart,
+            is_main=is_main,
+            log=log,
+        )
+
+
+def _conflict(run: RunDir, what: str) -> RunConflictError:
+    return RunConflictError(
+        f"{run.path} already holds a run with {what}. Pass --restart to discard it, or --out "
+        "DIR to write the new run elsewhere."
+    )
+
+
+def _run_locked(
+    spec: ExperimentSpec[Any, Any],
+    run: RunDir,
+    config: Any,
+    resolved: dict[str, Any],
+    provenance: dict[str, Any],
+    data: Any,
+    *,
+    progress: bool,
+    restart: bool,
+    is_main: bool,
+    log: Log,
+) -> RunOutcome:
+    variant, seed, quick = resolved["variant"], resolved["seed"], resolved["quick"]
     t0 = time.perf_counter()
-    if run.config_path.is_file():
-        stored = run.read_config()
+    if run.config_path.is_file() and restart:
+        if is_main:
+            shutil.rmtree(run.path)
+    elif run.config_path.is_file():
+        try:
+            stored = run.read_config()
+        except ValueError as exc:
+            raise _conflict(run, f"an unreadable config ({exc})") from None
         same_dp = stored.get("data_parallel", {}) == resolved.get("data_parallel", {})
         same = stored.get("config") == resolved["config"] and stored.get("quick") == quick
-        same = same and same_dp
-        if not same and not restart:
+        if not (same and same_dp):
             diff = _differences(stored.get("config", {}), resolved["config"])
             if not same_dp:
                 diff.insert(
@@ -173,32 +289,46 @@ def run_one(
                 )
             if stored.get("quick") != quick:
                 diff.insert(0, f"quick: {stored.get('quick')!r} -> {quick!r}")
-            raise RunConflictError(
-                f"{run.path} already holds a run with another configuration "
-                f"({'; '.join(diff[:6])}). Pass --restart to discard it, or --out to write "
-                "the new run elsewhere."
-            )
-        if restart:
-            if is_main:
-                shutil.rmtree(run.path)
-        elif run.is_complete:
-            result = run.read_result()
-            log(f"{run.path}: already finished, skipped (--restart to train again)")
+            raise _conflict(run, f"another configuration ({'; '.join(diff[:6])})")
+        other_data = _check_data(run, provenance)
+        if other_data is not None:
+            raise _conflict(run, f"other data: {other_data}")
+        if run.is_complete:
+            try:
+                result = run.read_result()
+            except ValueError as exc:
+                raise _conflict(run, f"an unreadable result ({exc})") from None
+            note = "" if run.data_path.is_file() else " (its data were not recorded)"
+            log(f"{run.path}: already finished, skipped{note} (--restart to train again)")
             return RunOutcome(
                 spec.name, variant, seed, run.path, "skipped", dict(result.get("metrics", {}))
             )
 
     sessions = 1
     if is_main:
+        if run.path.is_dir():
+            # Whatever a killed process left: temporaries of atomic writes, and log records
+            # (maybe a torn line) after the last checkpoint, which the resumed steps re-log.
+            run.remove_temporaries()
+            before, after = run.cut_back_metrics()
+            if before != after:
+                log(f"{run.path}: metrics log cut back to the last checkpoint ({after} bytes)")
         if run.config_path.is_file():
-            env = run.read_env()
+            try:
+                env = run.read_env()
+            except ValueError:
+                env = {"unreadable": f"{RunDir.ENV} could not be read when the run resumed"}
             env.setdefault("resumes", []).append(capture_environment())
             sessions = 1 + len(env["resumes"])
             run.write_json(RunDir.ENV, env)
+            if not run.data_path.is_file():
+                run.write_json(RunDir.DATA, provenance)
             log(f"{run.path}: resuming an unfinished run")
         else:
-            run.write_json(RunDir.CONFIG, resolved)
+            # data.json and env.json before config.json: config.json marks a started run.
+            run.write_json(RunDir.DATA, provenance)
             run.write_json(RunDir.ENV, capture_environment())
+            run.write_json(RunDir.CONFIG, resolved)
         run.failed_path.unlink(missing_ok=True)
 
     ctx = RunContext(run, spec.name, variant, seed, progress=progress, is_main=is_main)
@@ -209,15 +339,19 @@ def run_one(
         raise  # interrupted, not failed: the next call resumes from the checkpoint
     except Exception as exc:
         if is_main:
-            run.write_json(
-                RunDir.FAILED,
-                {
-                    "error": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                },
-            )
+            # A full disk may refuse this record too; the original error matters more.
+            with contextlib.suppress(OSError):
+                run.write_json(
+                    RunDir.FAILED,
+                    {
+                        "error": type(exc).__name__,
+                        "message": str(exc),
+                        "traceback": traceback.format_exc(),
+                        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                            timespec="seconds"
+                        ),
+                    },
+                )
         raise
     metrics = {str(k): float(v) for k, v in metrics.items()}
     wall = time.perf_counter() - t0
@@ -284,6 +418,7 @@ def run_experiment(
         raise ExperimentNotRunError(f"{spec.name} did not run: {exc}") from exc
     if is_main:
         (exp_dir / NOT_RUN).unlink(missing_ok=True)
+    provenance = data_provenance(data)
 
     outcomes: list[RunOutcome] = []
     total = len(names) * len(seeds_)
@@ -304,8 +439,9 @@ def run_experiment(
                     overrides=overrides,
                     is_main=is_main,
                     log=log,
+                    provenance=provenance,
                 )
-            except (KeyboardInterrupt, RunConflictError):
+            except (KeyboardInterrupt, RunConflictError, RunLockedError, RunFilesError):
                 raise
             except Exception as exc:
                 if not keep_going:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from bnlab.train.errors import CheckpointError
 from bnlab.train.io import torch_save_atomic
 
 #: Bumped when the checkpoint layout changes; older files are refused with a clear message.
@@ -101,20 +102,22 @@ class Checkpoint:
         """Read a checkpoint written by :meth:`save`.
 
         Raises:
-            ValueError: the file is not a bnlab checkpoint or has another format version.
+            CheckpointError: (a ``ValueError``) the file is not a bnlab checkpoint or has
+                another format version; the message says how to start the run over.
         """
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(
-                f"{path}: expected a bnlab checkpoint, but it could not be read ({exc}); "
-                "delete it to restart this run from the beginning"
+            reason = " ".join(str(exc).split())[:200]
+            raise CheckpointError(
+                f"{path}: expected a bnlab checkpoint, but it could not be read ({reason}); "
+                "pass --restart to train this run again from the beginning"
             ) from exc
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: expected checkpoint format {CHECKPOINT_FORMAT}, found {found!r}; "
-                "it was written by another bnlab version: delete it to restart this run"
+                "it was written by another bnlab version: pass --restart to train this run again"
             )
         return cls(
             phase=str(data["phase"]),

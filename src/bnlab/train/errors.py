@@ -21,3 +21,12 @@ class NonFiniteLossError(BnlabError, FloatingPointError):
 
 class RunConflictError(BnlabError):
     """A run directory that already holds a run with a different configuration."""
+
+
+class CheckpointError(BnlabError, ValueError):
+    """A checkpoint that cannot be read (corrupt, truncated, another format version)."""
+
+
+class RunFilesError(BnlabError, ValueError):
+    """A run directory whose files are unreadable or inconsistent (invalid JSON, a metrics
+    log shorter than its checkpoint says); the message names the file and the fix."""

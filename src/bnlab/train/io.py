@@ -8,6 +8,7 @@ complete (the rename is atomic on POSIX file systems).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -96,6 +97,11 @@ def read_json(path: str | Path) -> Any:
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, rename)."""
-    with atomic_open(path) as handle:
-        torch.save(obj, handle)
+    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, rename).
+
+    The object is serialized in memory first, so a full disk raises the plain ``OSError``
+    (``No space left on device``) rather than torch's serialization error around it.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -1,16 +1,20 @@
 """The run directory: the contract between training and reporting.
 
 ``runs/<experiment>/<variant>/seed-<k>/`` holds ``config.json`` (the resolved config),
-``env.json`` (versions, threads, git revision), ``metrics.jsonl``, ``checkpoints/<phase>.pt``,
-``artefacts/`` and, written last, ``result.json``: its presence marks a finished run.
-A run that raised leaves ``failed.json`` (the error) and can be resumed.
+``env.json`` (versions, threads, git revision), ``data.json`` (the data it read: files,
+digests, whether they are the published data), ``metrics.jsonl``,
+``checkpoints/<phase>.pt``, ``artefacts/`` and, written last, ``result.json``: its presence
+marks a finished run. A run that raised leaves ``failed.json`` (the error) and can be resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+from bnlab.train.checkpoint import Checkpoint
+from bnlab.train.errors import RunFilesError
 from bnlab.train.io import read_json, write_bytes_atomic, write_json_atomic
 from bnlab.train.metrics import MetricsLog, Record, read_metrics
 
@@ -32,6 +36,7 @@ class RunDir:
 
     CONFIG = "config.json"
     ENV = "env.json"
+    DATA = "data.json"
     METRICS = "metrics.jsonl"
     RESULT = "result.json"
     FAILED = "failed.json"
@@ -53,6 +58,10 @@ class RunDir:
     @property
     def env_path(self) -> Path:
         return self.path / self.ENV
+
+    @property
+    def data_path(self) -> Path:
+        return self.path / self.DATA
 
     @property
     def metrics_path(self) -> Path:
@@ -109,16 +118,85 @@ class RunDir:
 
     # -- readers --------------------------------------------------------------------------
     def read_config(self) -> dict[str, Any]:
-        return dict(read_json(self.config_path))
+        """``config.json``.
+
+        Raises:
+            ValueError: invalid JSON or not an object (the message names the file).
+        """
+        return _object(read_json(self.config_path), self.config_path)
 
     def read_env(self) -> dict[str, Any]:
-        return dict(read_json(self.env_path)) if self.env_path.is_file() else {}
+        return _object(read_json(self.env_path), self.env_path) if self.env_path.is_file() else {}
 
     def read_result(self) -> dict[str, Any]:
-        return dict(read_json(self.result_path))
+        """``result.json``.
+
+        Raises:
+            ValueError: invalid JSON or not an object (the message names the file).
+        """
+        return _object(read_json(self.result_path), self.result_path)
 
     def read_failure(self) -> dict[str, Any] | None:
         return dict(read_json(self.failed_path)) if self.failed_path.is_file() else None
 
     def read_metrics(self) -> list[Record]:
         return read_metrics(self.metrics_path)
+
+    def read_data(self) -> dict[str, Any] | None:
+        """``data.json`` (the data the run read), or ``None`` for a run made before bnlab
+        recorded it."""
+        return dict(read_json(self.data_path)) if self.data_path.is_file() else None
+
+    # -- resuming -------------------------------------------------------------------------
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed process left behind
+        (``.<name>.*.tmp`` anywhere in the run); return them. Call only under the run's lock.
+        """
+        found = sorted(p for p in self.path.rglob(".*.tmp") if p.is_file())
+        for p in found:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        return found
+
+    def checkpoint_offset(self) -> int:
+        """The size the metrics log had at the latest checkpoint (the largest offset among
+        ``checkpoints/*.pt``), or 0 when there is none.
+
+        Raises:
+            CheckpointError: a checkpoint cannot be read (the message says ``--restart``).
+        """
+        directory = self.path / self.CHECKPOINTS
+        files = sorted(directory.glob("*.pt")) if directory.is_dir() else []
+        return max((Checkpoint.load(f).metrics_offset for f in files), default=0)
+
+    def cut_back_metrics(self) -> tuple[int, int]:
+        """Cut ``metrics.jsonl`` back to the latest checkpoint (to empty before the first),
+        atomically: what a resumed run logs next then continues the log exactly as an
+        uninterrupted run would have, with no duplicate, lost or torn record.
+
+        Returns:
+            ``(size before, size after)`` in bytes.
+
+        Raises:
+            CheckpointError: a checkpoint cannot be read.
+            RunFilesError: the log is shorter than the checkpoint says (edited or replaced).
+        """
+        offset = self.checkpoint_offset()
+        path = self.metrics_path
+        size = path.stat().st_size if path.is_file() else 0
+        if size < offset:
+            raise RunFilesError(
+                f"{path} holds {size} bytes but its checkpoint was taken at {offset} bytes: the "
+                "log was edited or replaced; pass --restart to train this run again"
+            )
+        if size > offset:
+            with path.open("rb") as handle:
+                kept = handle.read(offset)
+            write_bytes_atomic(path, kept)  # a kill during the cut leaves the old log whole
+        return size, offset
+
+
+def _object(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return dict(value)
