@@ -72,10 +72,13 @@ def _run_table(results: ExperimentResults, runs_dir: Path) -> Table:
             where = str(run.path.relative_to(runs_dir))
         except ValueError:
             where = str(run.path)
+        if run.problem is not None:
+            note = f"corrupt: {run.problem}"
         rows.append(
             (
                 where,
                 run.status,
+                run.data_label,
                 "yes" if run.quick else "no",
                 format_value(wall, "seconds") if isinstance(wall, int | float) else "–",
                 revision,
@@ -83,7 +86,7 @@ def _run_table(results: ExperimentResults, runs_dir: Path) -> Table:
             )
         )
     return Table(
-        ("run directory", "status", "quick", "wall time", "git revision", "note"),
+        ("run directory", "status", "data", "quick", "wall time", "git revision", "note"),
         tuple(rows),
         "Runs",
     )
@@ -202,6 +205,9 @@ def experiment_section(
                 "numbers are not comparable with the seed's, and claims are not expected to hold."
             )
         )
+    data_note = results.data_note()
+    if data_note is not None:
+        blocks.append(Paragraph(data_note))
     variants = _ordered_variants(spec, results)
 
     claim_rows: list[ClaimRow] = []
@@ -318,7 +324,9 @@ def build_document(
             status = "no runs"
         else:
             failed = sum(run.status == "failed" for run in runs)
+            corrupt = sum(run.status == "corrupt" for run in runs)
             status = f"{done}/{len(runs)} runs finished" + (f", {failed} failed" if failed else "")
+            status += f", {corrupt} corrupt" if corrupt else ""
         held = sum(_holds(row.verdict) for row in claims)
         status_rows.append((name, status, f"{held}/{len(claims)}" if claims else "–"))
 

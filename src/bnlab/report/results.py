@@ -1,14 +1,17 @@
 """Reading run directories back: runs grouped by experiment and variant, values over seeds.
 
 This is all the report knows about training: ``runs/<experiment>/<variant>/seed-<k>/``
-with ``config.json``, ``env.json``, ``metrics.jsonl`` and (when finished) ``result.json``,
-plus ``runs/<experiment>/not-run.json`` for an experiment that could not start.
+with ``config.json``, ``env.json``, ``data.json``, ``metrics.jsonl`` and (when finished)
+``result.json``, plus ``runs/<experiment>/not-run.json`` for an experiment that could not
+start. A run whose files cannot be read is kept with status ``"corrupt"`` and the reason
+(never dropped, never fatal for the others); a torn last line of a log is skipped.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,10 @@ class RunRecord:
         env: ``env.json``.
         result: ``result.json`` (``None`` while unfinished).
         failure: ``failed.json`` (``None`` unless the last attempt raised).
+        data: ``data.json``, the data's provenance (``None`` for runs made before bnlab
+            recorded it).
+        problem: why the run's files cannot be trusted (``None`` when they can); the log is
+            checked on first use of :attr:`status` or :attr:`log`.
     """
 
     path: Path
@@ -49,14 +56,33 @@ class RunRecord:
     env: dict[str, Any]
     result: dict[str, Any] | None
     failure: dict[str, Any] | None
+    data: dict[str, Any] | None = None
+    problem: str | None = None
     _log: list[Record] | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
-        """``"complete"``, ``"failed"`` or ``"incomplete"`` (interrupted or running)."""
+        """``"corrupt"`` (see :attr:`problem`), ``"complete"``, ``"failed"`` or
+        ``"incomplete"`` (interrupted or running)."""
+        self._read_log()
+        if self.problem is not None:
+            return "corrupt"
         if self.result is not None:
             return "complete"
         return "failed" if self.failure is not None else "incomplete"
+
+    def _read_log(self) -> list[Record]:
+        if self._log is None:
+            try:
+                with warnings.catch_warnings():
+                    # A torn last line (a process killed mid-write) is expected; it is skipped.
+                    warnings.simplefilter("ignore")
+                    self._log = read_metrics(self.path / RunDir.METRICS)
+            except (ValueError, OSError) as exc:
+                self._log = []
+                if self.problem is None:
+                    self.problem = str(exc)
+        return self._log
 
     def metric(self, key: str) -> float | None:
         """A final metric from ``result.json`` (``None`` if absent or unfinished)."""
@@ -67,10 +93,24 @@ class RunRecord:
 
     @property
     def log(self) -> list[Record]:
-        """The records of ``metrics.jsonl`` (read once)."""
-        if self._log is None:
-            self._log = read_metrics(self.path / RunDir.METRICS)
-        return self._log
+        """The records of ``metrics.jsonl`` (read once; empty when the log is corrupt)."""
+        return self._read_log()
+
+    @property
+    def data_label(self) -> str:
+        """The data in a few words: ``"mnist (published)"``, ``"mnist: NOT the published
+        data"``, ``"unknown (not recorded)"``, or ``"–"`` when none is loaded up front."""
+        if self.data is None:
+            return "unknown (not recorded)"
+        name = self.data.get("dataset")
+        if not name:
+            return "–"
+        published = self.data.get("published")
+        if published is True:
+            return f"{name} (published)"
+        if published is False:
+            return f"{name}: NOT the published data"
+        return f"{name} (no published digests to compare)"
 
     def series(self, tag: str, key: str, phase: str | None = None) -> dict[int, float]:
         """``{step: value}`` of the records with ``tag`` (and ``phase``) that hold ``key``."""
@@ -104,6 +144,34 @@ class ExperimentResults:
 
     def all_runs(self) -> list[RunRecord]:
         return [run for runs in self.runs.values() for run in runs]
+
+    def data_note(self) -> str | None:
+        """One sentence naming the data the runs read, marking any not made on the published
+        data (``None`` without runs)."""
+        runs = self.all_runs()
+        if not runs:
+            return None
+        labels: dict[str, int] = {}
+        for run in runs:
+            labels[run.data_label] = labels.get(run.data_label, 0) + 1
+        if list(labels) == ["–"]:
+            return None
+        parts = [f"{label} ({n} run{'s' if n != 1 else ''})" for label, n in labels.items()]
+        text = "Data: " + "; ".join(parts) + "."
+        if any(run.data is not None and run.data.get("published") is False for run in runs):
+            dirs = sorted(
+                {
+                    str(run.data.get("directory"))
+                    for run in runs
+                    if run.data is not None and run.data.get("published") is False
+                }
+            )
+            text += (
+                " Runs marked NOT the published data were trained on other files ("
+                + ", ".join(dirs)
+                + "): their numbers say nothing about the published data set."
+            )
+        return text
 
     def complete(self, variant: str) -> list[RunRecord]:
         """The finished runs of ``variant`` (an unknown variant has none)."""
@@ -162,29 +230,47 @@ def _moving_average(series: dict[int, float], window: int) -> dict[int, float]:
 
 
 def _read_run(path: Path) -> RunRecord | None:
+    """The run in ``path``; ``None`` only when it holds no ``config.json`` (not a run)."""
     run = RunDir(path)
     if not run.config_path.is_file():
         return None
+    match = _SEED_DIR.match(path.name)
+    record = RunRecord(
+        path=path,
+        experiment=path.parent.parent.name,
+        variant=path.parent.name,
+        seed=int(match.group(1)) if match else 0,
+        config={},
+        quick=False,
+        env={},
+        result=None,
+        failure=None,
+    )
+    problems = []
     try:
         config = run.read_config()
-        result = run.read_result() if run.is_complete else None
-        failure = run.read_failure()
-        env = run.read_env()
-    except ValueError:
-        return None  # a file being replaced right now, or foreign: not a run to report
-    match = _SEED_DIR.match(path.name)
-    seed = config.get("seed", int(match.group(1)) if match else 0)
-    return RunRecord(
-        path=path,
-        experiment=str(config.get("experiment", path.parent.parent.name)),
-        variant=str(config.get("variant", path.parent.name)),
-        seed=int(seed),
-        config=dict(config.get("config", {})),
-        quick=bool(config.get("quick", False)),
-        env=env,
-        result=result,
-        failure=failure,
+    except (ValueError, OSError) as exc:
+        problems.append(str(exc))
+    else:
+        record.experiment = str(config.get("experiment", record.experiment))
+        record.variant = str(config.get("variant", record.variant))
+        record.seed = int(config.get("seed", record.seed))
+        record.config = dict(config.get("config", {}))
+        record.quick = bool(config.get("quick", False))
+    readers: tuple[tuple[str, Any], ...] = (
+        ("result", run.read_result if run.is_complete else lambda: None),
+        ("failure", run.read_failure),
+        ("env", run.read_env),
+        ("data", run.read_data),
     )
+    for name, read in readers:
+        try:
+            setattr(record, name, read())
+        except (ValueError, OSError) as exc:
+            problems.append(str(exc))
+    if problems:
+        record.problem = "; ".join(problems)
+    return record
 
 
 def load_results(runs_dir: str | Path) -> dict[str, ExperimentResults]:
