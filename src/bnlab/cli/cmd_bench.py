@@ -115,6 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bnlab.cli.checks import writable_file
+
+    # Before anything else: a bad --out found after the benchmark would lose its results.
+    writable_file(args.out, "--out")
+
     from bnlab.bench.report import (
         BenchConfig,
         count_cases,
@@ -123,12 +128,8 @@ def run(args: argparse.Namespace) -> int:
         run_benchmark,
     )
     from bnlab.bench.suite import CaseResult, format_table
-    from bnlab.cli.checks import writable_file
     from bnlab.train.io import write_json_atomic
     from bnlab.train.progress import progress_bar, progress_enabled
-
-    # Before the benchmark: a bad --out found afterwards would lose minutes of results.
-    writable_file(args.out, "--out")
 
     config = BenchConfig(
         shapes=args.shapes,
