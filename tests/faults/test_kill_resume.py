@@ -72,7 +72,9 @@ def _run(config: TinyConfig, data: Datasets, ctx: RunContext) -> dict[str, float
     test = evaluate(model, data.test.images, data.test.labels, F.cross_entropy)
     trainer.metrics.append({"phase": "train", "tag": "test", "step": config.num_steps, **test})
     trainer.metrics.flush()
-    ctx.run.write_artefact("bias.json", json.dumps(model[1].bias.tolist()).encode())
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    ctx.run.write_artefact("bias.json", json.dumps(linear.bias.tolist()).encode())
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
 
 
@@ -136,7 +138,7 @@ class Killer:
             if when == "after":
                 os._exit(KILLED)
 
-        MetricsLog.flush = killing_flush  # type: ignore[method-assign]
+        MetricsLog.flush = killing_flush  # type: ignore[method-assign,assignment]
         train_io.os.replace = killing_replace  # type: ignore[assignment]
         try:
             yield
