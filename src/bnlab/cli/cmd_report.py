@@ -1,4 +1,6 @@
-"""``bnlab report RUNS_DIR``: rebuild the HTML and Markdown report from run directories."""
+"""``bnlab report RUNS_DIR [--summary]``: rebuild the HTML and Markdown report from run
+directories; ``--summary`` also writes the committed summary (README results, docs/results.md).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="write report.html, report.md, report.json there (default: RUNS_DIR)",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        nargs="?",
+        const=Path("."),
+        default=None,
+        metavar="REPO",
+        help="also write the committed summary into the repository at REPO (default: .): "
+        "docs/results.json, docs/results.md and README.md's results block",
     )
 
 
@@ -50,4 +62,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {files.html}")
     print(f"summary: {files.markdown}")
     print(f"tables: {files.json}")
+    if args.summary is not None:
+        from bnlab.report.summary import write_summary
+
+        try:
+            written = write_summary(args.runs_dir, args.summary, all_experiments())
+        except (ValueError, FileNotFoundError) as exc:
+            raise BnlabError(f"--summary: {exc}") from None
+        for path in written:
+            print(f"summary: {path}")
     return 0

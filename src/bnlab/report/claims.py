@@ -282,8 +282,9 @@ def against_reference(
         else:
             literal_verdict = literal(results)
             state = {True: "holds", False: "does not hold", None: "not measured"}
-            literal_text = f"literal criterion {state[literal_verdict.holds]}"
-            measured = f"{measured}; {literal_verdict.measured}"
+            literal_text = (
+                f"literal criterion {state[literal_verdict.holds]} ({literal_verdict.measured})"
+            )
         if not ours:
             return Verdict(measured, None, ref_text, "", f"no finished run; {literal_text}")
         comparison = compare_samples(ours, theirs, alpha=alpha)

@@ -63,7 +63,8 @@ def curve_png(
             curve's own ``variants`` selects among them.
 
     Returns:
-        ``(png, n_lines)``, or ``None`` when no finished run logged the curve's values.
+        ``(png, n_lines)`` (``n_lines`` counts bnlab's lines and the references'), or
+        ``None`` when no finished run logged the curve's values.
     """
     from matplotlib.figure import Figure as MplFigure
 
@@ -110,6 +111,7 @@ def curve_png(
             linestyle="--",
             label=f"{reference.label} (n={len(per_run)})",
         )
+        lines += 1
         if len(per_run) > 1:
             ax.fill_between(
                 steps,
