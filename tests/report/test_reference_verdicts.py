@@ -179,3 +179,46 @@ def test_report_shows_the_reference_column_verdict_test_and_band(tmp_path: Path)
     assert with_band is not None and without is not None
     assert (with_band[1], without[1]) == (3, 1)  # bn, plus the tf.layers and tf.nn references
     assert with_band[0] != without[0]
+
+
+def test_a_missing_reference_file_fails_one_claim_and_one_figure_not_the_report(
+    tmp_path: Path,
+) -> None:
+    from bnlab.report.spec import Claim
+
+    runs = tmp_path / "runs"
+    _write_deep_cnn_run(runs, "bn", 0, 0.94, 0.95)
+    missing = "seed-404-tf1.jsonl"
+
+    class Spec:
+        name, title, seed_file, summary = "deep-cnn", "t", "000.txt", "s"
+        notes: tuple[str, ...] = ()
+        metrics = ()
+        extra_blocks = None
+        curves = (
+            Curve(
+                "validation",
+                "accuracy",
+                "Validation",
+                "accuracy",
+                references=(SeriesReference(missing, lambda r: {}),),
+            ),
+        )
+        claims = (
+            Claim(
+                "c",
+                against_reference(
+                    Quantity("q", lambda _: [0.9, 0.91]),
+                    Reference(missing, ("x",)),
+                    literal=Threshold(above=0.5),
+                ),
+            ),
+        )
+
+        def variant_descriptions(self) -> dict[str, str]:
+            return {"bn": "with"}
+
+    files = build_report(runs, tmp_path / "out", experiments={"deep-cnn": Spec()})
+    text = files.markdown.read_text()
+    assert "Figure 'Validation' failed: no shipped reference 'seed-404-tf1.jsonl'" in text
+    assert "the check raised FileNotFoundError" in text

@@ -247,7 +247,11 @@ def experiment_section(
 
     if spec is not None:
         for curve in spec.curves:
-            drawn = curve_png(results, curve, variants)
+            try:
+                drawn = curve_png(results, curve, variants)
+            except (OSError, ValueError) as exc:  # e.g. a reference file missing: keep the rest
+                blocks.append(Paragraph(f"Figure '{curve.title}' failed: {exc}"))
+                continue
             if drawn is not None:
                 png, _ = drawn
                 caption = f"{curve.title}: mean over seeds, band from min to max over seeds."
