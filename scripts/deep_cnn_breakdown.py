@@ -27,6 +27,7 @@ from bnlab.bench.timing import interleaved
 from bnlab.norm import dispatch
 from bnlab.norm.kernels import _numba as K
 from bnlab.norm.kernels import fused as FU
+from bnlab.norm.ops import warmup
 
 
 class _Nothing(torch.autograd.Function):
@@ -86,14 +87,14 @@ def in_network(steps: int = 30) -> None:
     saved = dict(dispatch._FUSED_MIN_TRAIN_NUMEL), dispatch._FUSED_MIN_NUMEL
     patched = ["rows_forward_train", "channel_forward_train", "rows_backward", "channel_backward"]
     originals = {name: getattr(K, name) for name in patched}
-    glue = FU._forward, FU._fused_backward
+    glue = FU.forward, FU.backward
     try:
         dispatch._FUSED_MIN_TRAIN_NUMEL.update(contiguous=0, channels_last=0)
         dispatch._FUSED_MIN_NUMEL = 0
         for name in patched:
             setattr(K, name, timed(name, originals[name]))
-        FU._forward = timed("_forward (glue + kernel)", FU._forward)
-        FU._fused_backward = timed("_fused_backward (glue + kernel)", FU._fused_backward)
+        FU.forward = timed("forward (glue + kernel)", FU.forward)
+        FU.backward = timed("backward (glue + kernel)", FU.backward)
         step = make_step(build_variant("bnlab-bn"), 64)
         for _ in range(10):
             step()
@@ -105,7 +106,7 @@ def in_network(steps: int = 30) -> None:
         dispatch._FUSED_MIN_NUMEL = saved[1]
         for name, fn in originals.items():
             setattr(K, name, fn)
-        FU._forward, FU._fused_backward = glue
+        FU.forward, FU.backward = glue
     print(f"deep-cnn step, every BN layer fused, per step ({steps} steps):")
     for name, values in times.items():
         print(f"  {name:32s} {sum(values) / steps * 1e3:6.2f} ms ({len(values) // steps} calls)")
@@ -149,7 +150,7 @@ def cold_kernel() -> None:
 
 
 def main() -> None:
-    FU.warmup((torch.float32,))
+    warmup((torch.float32,))
     fixed_costs()
     in_network()
     cold_kernel()

@@ -35,13 +35,19 @@ _EXPORTS: dict[str, str] = {
     "SyncBatchNorm": "bnlab.norm.sync",
     "convert_sync_batchnorm": "bnlab.norm.sync",
     "fold_bn": "bnlab.norm.fold",
-    "BatchNormReLU1d": "bnlab.norm.kernels.fusion",
-    "BatchNormReLU2d": "bnlab.norm.kernels.fusion",
-    "BatchNormReLU3d": "bnlab.norm.kernels.fusion",
-    "fuse_bn_relu": "bnlab.norm.kernels.fusion",
+    "BatchNormReLU1d": "bnlab.norm.bn_relu",
+    "BatchNormReLU2d": "bnlab.norm.bn_relu",
+    "BatchNormReLU3d": "bnlab.norm.bn_relu",
+    "fuse_bn_relu": "bnlab.norm.bn_relu",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bnlab.norm.bn_relu import (
+        BatchNormReLU1d,
+        BatchNormReLU2d,
+        BatchNormReLU3d,
+        fuse_bn_relu,
+    )
     from bnlab.norm.doctor import DoctorReport, doctor
     from bnlab.norm.fold import fold_bn
     from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
@@ -52,12 +58,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         momentum_from_decay,
         normalize,
         update_running_stats,
-    )
-    from bnlab.norm.kernels.fusion import (
-        BatchNormReLU1d,
-        BatchNormReLU2d,
-        BatchNormReLU3d,
-        fuse_bn_relu,
     )
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.precise import PreciseStats, precise_bn

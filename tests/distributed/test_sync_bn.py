@@ -4,6 +4,7 @@ and a dead or stalled rank makes the others stop with a message within a bounded
 
 from __future__ import annotations
 
+import copy
 import datetime
 import multiprocessing
 import os
@@ -174,7 +175,8 @@ def _converted_model_errors(
         nn.Conv2d(4, 3, 3, padding=1),
         nn.BatchNorm2d(3, momentum=None),
     ).double()
-    net = convert_sync_batchnorm(ref, process_group=group)
+    # A copy: conversion shares the Parameter objects (as torch does), and ref must stay apart.
+    net = convert_sync_batchnorm(copy.deepcopy(ref), process_group=group)
     sizes = [3 + r for r in range(world)]
     lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     errs: dict[str, float] = {}

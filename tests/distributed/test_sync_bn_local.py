@@ -145,12 +145,14 @@ def test_convert_returns_a_new_model_with_state_kept() -> None:
     assert torch.equal(b.weight, bnlab_bn.weight) and not b.bias.requires_grad
     assert not b.training and a.training
     torch.testing.assert_close(out[0].weight, net[0].weight)
-    # ... as copies: changing the new model leaves the old one alone.
-    with torch.no_grad():
-        b.weight.add_(1.0)
-        a.running_mean.add_(1.0)
-    assert float(bnlab_bn.weight.detach()[0]) == 2.0
-    assert not torch.equal(a.running_mean, torch_bn.running_mean)
+    # The same Parameter and buffer objects (as torch's converter): an optimizer built on
+    # the original model trains the converted one.
+    assert b.weight is bnlab_bn.weight and a.running_mean is torch_bn.running_mean
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    (out[1](torch.randn(4, 4, 3, 3)) * torch.randn(4, 4, 3, 3)).sum().backward()
+    before = a.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(a.weight.detach(), before)
 
 
 def test_convert_a_bare_layer_and_an_existing_sync_layer() -> None:

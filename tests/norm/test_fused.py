@@ -19,7 +19,8 @@ from torch import Tensor
 
 from bnlab.norm import dispatch
 from bnlab.norm.kernels import fused as fused_module
-from bnlab.norm.kernels import fused_batch_norm, is_supported, plan_for, warmup
+from bnlab.norm.kernels import plan_for
+from bnlab.norm.ops import fused_batch_norm, is_supported, warmup
 
 # (shape, memory format, expected schedule)
 LAYOUTS = [
@@ -214,7 +215,7 @@ def test_auto_rule_picks_fused_only_where_it_wins() -> None:
 _FRESH_PROCESS = """
 import torch
 torch.set_num_threads(1)
-from bnlab.norm.kernels import warmup
+from bnlab.norm.ops import warmup
 seconds = warmup((torch.float32,))
 print(torch.get_num_threads(), seconds)
 """

@@ -8,7 +8,7 @@ from torch import nn
 
 import bnlab
 from bnlab.models.deep_cnn import DeepCNN
-from bnlab.norm.kernels import BatchNormReLU1d, BatchNormReLU2d, fuse_bn_relu
+from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, fuse_bn_relu
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

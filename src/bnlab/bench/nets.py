@@ -18,8 +18,8 @@ from torch import nn
 
 from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.models.deep_cnn import DeepCNN
+from bnlab.norm.bn_relu import fuse_bn_relu
 from bnlab.norm.fold import fold_bn
-from bnlab.norm.kernels.fusion import fuse_bn_relu
 
 __all__ = ["NET_VARIANTS", "build_variant", "deep_cnn_step", "fold_latency", "make_step"]
 

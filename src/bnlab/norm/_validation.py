@@ -7,11 +7,13 @@ and what arrived, so every backend rejects bad input the same way, before any ma
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor
 
-_REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+#: Half-precision dtypes: computed in float32, and allowed float32 parameters.
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def normalize_dim(dim: int, ndim: int) -> int:
@@ -27,6 +29,39 @@ def check_float_tensor(name: str, x: object) -> None:
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def check_num_features(num_features: object) -> int:
+    """``num_features`` as a positive ``int``; any integer type (NumPy's too) is accepted.
+
+    Raises:
+        TypeError: not an integer (bools and floats included).
+        ValueError: less than 1.
+    """
+    if isinstance(num_features, bool) or not hasattr(num_features, "__index__"):
+        raise TypeError(f"num_features must be an int; got {type(num_features).__name__}")
+    n = operator.index(num_features)
+    if n < 1:
+        raise ValueError(f"num_features must be >= 1; got {n}")
+    return n
+
+
+def check_eps(eps: object) -> float:
+    """``eps`` as a float if it is a finite number >= 0, else ValueError."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    return float(eps)
+
+
+def check_channels(layer: str, num_features: int, input: Tensor) -> None:
+    """``input`` has ``num_features`` channels in dim 1 (ValueError naming both shapes)."""
+    if input.shape[1] != num_features:
+        expected = list(input.shape)
+        expected[1] = num_features
+        raise ValueError(
+            f"{layer}({num_features}) expected input with {num_features} channels in dim 1, "
+            f"shape {tuple(expected)}; got shape {tuple(input.shape)}"
+        )
 
 
 def values_per_channel(input: Tensor) -> int:
@@ -92,7 +127,7 @@ def _plainly_valid(
         return False
     if type(momentum) is not float or not 0.0 <= momentum <= 1.0:
         return False
-    if type(eps) is not float or not 0.0 <= eps < math.inf:
+    if type(eps) is not float or not 0.0 <= eps < math.inf or (training and eps == 0.0):
         return False
     return not training or input.numel() != shape[0]
 
@@ -125,7 +160,7 @@ def _check_batch_norm_args_in_detail(
                 f"{name} must have shape ({num_channels},) to match the {num_channels} "
                 f"channels of input {tuple(input.shape)}; got shape {tuple(t.shape)}"
             )
-        reduced_ok = input.dtype in _REDUCED_PRECISION and t.dtype == torch.float32
+        reduced_ok = input.dtype in REDUCED_PRECISION and t.dtype == torch.float32
         if t.dtype != input.dtype and not reduced_ok:
             raise TypeError(
                 f"{name} has dtype {t.dtype} but input has dtype {input.dtype}; they must "
@@ -148,5 +183,11 @@ def _check_batch_norm_args_in_detail(
         raise ValueError(f"momentum must be a number in [0, 1]; got {momentum!r}")
     if not isinstance(eps, (int, float)) or eps < 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    if training and eps == 0:
+        raise ValueError(
+            "eps must be > 0 in training mode (a batch whose channel is constant has "
+            "variance 0, and 1/sqrt(0 + eps) would be infinite; torch refuses it too); "
+            f"got eps={eps!r}. Use e.g. eps=1e-5."
+        )
     if training:
         check_one_value_per_channel(input)

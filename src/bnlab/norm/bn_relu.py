@@ -8,14 +8,17 @@ returns a copy of a model with every (BN, ReLU) pair of an ``nn.Sequential`` fus
 from __future__ import annotations
 
 import copy
-import itertools
+import warnings
+from collections import Counter
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from bnlab.norm import _validation, dispatch
-from bnlab.norm.kernels.fused import batch_norm_fused
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.graph import FoldWarning, RewriteReport, find_pairs
+from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, as_torch_batch_norm
+from bnlab.norm.ops import batch_norm_fused
 
 __all__ = ["BatchNormReLU1d", "BatchNormReLU2d", "BatchNormReLU3d", "fuse_bn_relu"]
 
@@ -58,6 +61,11 @@ class _ReLUAfter:
             input, running_mean, running_var, training, momentum
         )
         return torch.relu(y)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript form: torch's batch norm (sharing this layer's tensors), then ReLU."""
+        bn = as_torch_batch_norm(self, self._torch_class)  # type: ignore[arg-type, attr-defined]
+        return nn.Sequential(bn, nn.ReLU())
 
 
 class BatchNormReLU1d(_ReLUAfter, BatchNorm1d):
@@ -125,26 +133,32 @@ def _fused_copy(bn: nn.Module) -> nn.Module:
     return fused
 
 
-def _fuse_children(module: nn.Module) -> None:
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for first, second in itertools.pairwise(names):
-            bn, act = module._modules[first], module._modules[second]
-            if type(bn) in _FUSED_CLASS and type(act) is nn.ReLU:
-                module._modules[first] = _fused_copy(bn)
-                module._modules[second] = nn.Identity()
-    for child in module.children():
-        _fuse_children(child)
+@overload
+def fuse_bn_relu(model: nn.Module, *, return_report: Literal[False] = ...) -> nn.Module: ...
 
 
-def fuse_bn_relu(model: nn.Module) -> nn.Module:
+@overload
+def fuse_bn_relu(
+    model: nn.Module, *, return_report: Literal[True]
+) -> tuple[nn.Module, RewriteReport]: ...
+
+
+def fuse_bn_relu(
+    model: nn.Module, *, return_report: bool = False
+) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """A copy of ``model`` where each BN directly followed by a ReLU runs as one fused layer.
 
-    "Directly followed" means the next module of an ``nn.Sequential`` (anywhere in the
-    tree). The BN (``torch.nn`` or bnlab ``BatchNorm1d/2d/3d``, not their subclasses)
-    becomes a ``BatchNormReLU*d`` with the same state and mode, the ReLU an
-    ``nn.Identity``; names, indices and ``state_dict`` keys stay the same. Works in
-    training and eval mode. The input model is not changed.
+    "Directly followed" is read from the model's ``torch.fx`` graph: the ReLU (an
+    ``nn.ReLU``, ``F.relu``/``torch.relu`` or ``Tensor.relu``) is the only consumer of the
+    BN's output, wherever the two are called (``nn.Sequential``, a custom ``forward``, a
+    residual block); a model FX cannot trace falls back to adjacent children of
+    ``nn.Sequential``. The BN (``torch.nn`` or bnlab ``BatchNorm1d/2d/3d``, not their
+    subclasses) becomes a ``BatchNormReLU*d`` with the same state and mode. An
+    ``nn.ReLU`` used only there becomes ``nn.Identity``; a shared ReLU module or a
+    functional ReLU stays (applying ReLU twice is ReLU). Names, indices and ``state_dict``
+    keys stay the same. Works in training and eval mode. The input model is not changed.
+    BN layers left as they were are listed, each with its reason, in the report and a
+    :class:`~bnlab.norm.graph.FoldWarning`.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -156,5 +170,29 @@ def fuse_bn_relu(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse_bn_relu expects an nn.Module; got {type(model).__name__}")
     fused = copy.deepcopy(model)
-    _fuse_children(fused)
-    return fused
+    report = RewriteReport("fuse_bn_relu")
+    pairs = find_pairs(fused, lambda m: type(m) in _FUSED_CLASS, "relu", report)
+    uses = Counter(id(m) for _, m in fused.named_modules(remove_duplicate=False))
+    done = set()
+    for pair in pairs:
+        fused.set_submodule(pair.first, _fused_copy(fused.get_submodule(pair.first)))
+        done.add(pair.first)
+        relu_module = fused.get_submodule(pair.second) if pair.kind == "module" else None
+        if relu_module is not None and not pair.shared and uses[id(relu_module)] == 1:
+            fused.set_submodule(pair.second, nn.Identity())
+            report.done.append(f"{pair.first} + {pair.second}")
+            continue
+        relu = pair.second or "a functional relu"
+        report.done.append(f"{pair.first} + {relu} ({relu} kept: used elsewhere or functional)")
+    for name, m in fused.named_modules():
+        if name in done or isinstance(m, _ReLUAfter):
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            report.left[name] = (
+                "not a plain BatchNorm1d/2d/3d"
+                if type(m) not in _FUSED_CLASS
+                else "its output does not go to a ReLU alone (e.g. to an addition first)"
+            )
+    if report.left:
+        warnings.warn(str(report), FoldWarning, stacklevel=2)
+    return (fused, report) if return_report else fused

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnlab.errors import UnknownNameError
+from bnlab.norm import ops
+from bnlab.norm.reference import batch_norm_reference
 
 __all__ = [
     "BackendFn",
@@ -188,27 +190,14 @@ def _reference(
     eps: float,
 ) -> Tensor:
     """bnlab's readable implementation with an analytic backward (``reference.py``)."""
-    from bnlab.norm.reference import batch_norm_reference
-
     return batch_norm_reference(
         input, running_mean, running_var, weight, bias, training, momentum, eps
     )
 
 
-def _fused(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tensor:
-    """bnlab's fused CPU kernels (``bnlab.norm.kernels``; numba is imported on first use)."""
-    from bnlab.norm.kernels.fused import batch_norm_fused
-
-    return batch_norm_fused(input, running_mean, running_var, weight, bias, training, momentum, eps)
+# The fused kernels as a registered PyTorch operator (``bnlab.norm.ops``): ATen's kernel
+# where an opaque operator cannot be represented (jit.trace, ONNX, torch.func).
+_fused = ops.batch_norm_fused
 
 
 register_backend("native", _native)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from bnlab.norm.functional import batch_stats
+from bnlab.norm.core import batch_stats
 from bnlab.norm.modules import BATCH_NORM_TYPES
 from bnlab.norm.safe import DegenerateBatchWarning, NonFiniteBatchWarning
 

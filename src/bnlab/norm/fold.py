@@ -1,21 +1,24 @@
 """Folding batch norm into the conv or linear layer before it, for inference.
 
-:func:`fold_bn_weights` is the tensor math; :func:`fold_bn` walks a model and returns a new
-one in which every BN that directly follows a conv/linear layer is gone, its population
-statistics and affine parameters absorbed into that layer's weight and bias.
+:func:`fold_bn_weights` is the tensor math; :func:`fold_bn` reads the model's graph
+(``bnlab.norm.graph``) and returns a new model in which every BN that directly follows a
+conv/linear layer is gone, its population statistics and affine parameters absorbed into
+that layer's weight and bias.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import warnings
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
 
+from bnlab.norm.graph import FoldWarning, RewriteReport, find_pairs
 from bnlab.norm.modules import BATCH_NORM_TYPES
 
-__all__ = ["FOLDABLE_TYPES", "fold_bn", "fold_bn_weights"]
+__all__ = ["FOLDABLE_TYPES", "FoldWarning", "fold_bn", "fold_bn_weights"]
 
 #: Layers a following BN can be folded into: those with one output channel per BN channel.
 FOLDABLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -104,18 +107,16 @@ def _out_channels(layer: nn.Module) -> tuple[int, int]:
     raise TypeError(f"cannot fold into {type(layer).__name__}")
 
 
-def _can_fold(layer: nn.Module, bn: nn.Module, use_count: dict[int, int]) -> bool:
-    """A foldable layer followed by a BN with population statistics, each used once."""
-    if not isinstance(layer, FOLDABLE_TYPES) or not isinstance(bn, BATCH_NORM_TYPES):
-        return False
+def _why_not(layer: nn.Module, bn: nn.Module) -> str:
+    """Why ``bn`` cannot be folded into ``layer`` ("" when it can)."""
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
-        return False  # without population statistics eval mode uses batch statistics
-    if use_count.get(id(layer), 0) > 1 or use_count.get(id(bn), 0) > 1:
-        return False  # a shared layer would change at its other uses too
+        return "no population statistics (track_running_stats=False): eval uses the batch's"
     if isinstance(layer, nn.modules.conv._ConvNd) and layer.transposed and layer.groups != 1:
-        return False  # grouped transposed weights interleave the output channels
+        return "grouped transposed convolution (its weights interleave the output channels)"
     channels, _ = _out_channels(layer)
-    return channels == int(getattr(bn, "num_features", -1))
+    if channels != int(getattr(bn, "num_features", -1)):
+        return f"{channels} output channels before a BN of {bn.num_features}"
+    return ""
 
 
 def _fold_pair(layer: nn.Module, bn: nn.Module) -> None:
@@ -137,42 +138,41 @@ def _fold_pair(layer: nn.Module, bn: nn.Module) -> None:
     layer.bias = nn.Parameter(new_bias, requires_grad=weight.requires_grad)
 
 
-def _fold_children(module: nn.Module, use_count: dict[int, int]) -> int:
-    """Fold adjacent (layer, BN) pairs in every ``nn.Sequential`` under ``module``."""
-    folded = 0
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for first, second in itertools.pairwise(names):
-            layer, bn = module._modules[first], module._modules[second]
-            if layer is not None and bn is not None and _can_fold(layer, bn, use_count):
-                _fold_pair(layer, bn)
-                module._modules[second] = nn.Identity()
-                folded += 1
-    for child in module.children():
-        folded += _fold_children(child, use_count)
-    return folded
+@overload
+def fold_bn(model: nn.Module, *, return_report: Literal[False] = ...) -> nn.Module: ...
 
 
-def fold_bn(model: nn.Module) -> nn.Module:
+@overload
+def fold_bn(
+    model: nn.Module, *, return_report: Literal[True]
+) -> tuple[nn.Module, RewriteReport]: ...
+
+
+def fold_bn(
+    model: nn.Module, *, return_report: bool = False
+) -> nn.Module | tuple[nn.Module, RewriteReport]:
     """A new eval-mode model with each BN that directly follows a conv/linear folded into it.
 
-    "Directly follows" means the next module of an ``nn.Sequential`` (anywhere in the
-    tree), where the order of children is the order of computation; a BN called from a
-    custom ``forward`` is left as it is, since the module tree does not show what feeds
-    it. Folded BN layers become ``nn.Identity`` (names and indices are kept); the layer
+    "Directly follows" is read from the model's ``torch.fx`` graph: the BN is the only
+    consumer of the layer's output, wherever the two are called (``nn.Sequential``, a
+    custom ``forward``, a residual block). A model FX cannot trace falls back to adjacent
+    children of ``nn.Sequential``. Folded BN layers become ``nn.Identity`` (names, indices
+    and the model's class and ``forward`` are kept); the layer
     gets ``weight' = weight * s`` and ``bias' = (bias - mean) * s + beta`` with
     ``s = gamma / sqrt(var + eps)`` (:func:`fold_bn_weights`), and a bias if it had none.
-    BN layers without population statistics, BN after a ReLU, and layers used more than
-    once are not folded. Works for ``torch.nn`` and bnlab BN layers.
+    BN layers without population statistics, BN after a ReLU or an addition, and layers
+    used more than once are left, each with its reason in the report; a
+    :class:`FoldWarning` lists them. Works for ``torch.nn`` and bnlab BN layers.
 
     The input model is not changed (the result is a deep copy).
 
     Args:
         model: a model in eval mode (``model.eval()``).
+        return_report: also return the :class:`~bnlab.norm.graph.RewriteReport`.
 
     Returns:
-        The folded copy, in eval mode. Its outputs equal the input model's in eval mode up
-        to float rounding.
+        The folded copy, in eval mode (and the report). Its outputs equal the input
+        model's in eval mode up to float rounding.
 
     Raises:
         ValueError: ``model`` (or one of its BN layers) is in training mode, where BN
@@ -195,8 +195,29 @@ def fold_bn(model: nn.Module) -> nn.Module:
             f"model.eval() first"
         )
     folded = copy.deepcopy(model)
-    use_count: dict[int, int] = {}
-    for _, m in folded.named_modules(remove_duplicate=False):
-        use_count[id(m)] = use_count.get(id(m), 0) + 1
-    _fold_children(folded, use_count)
-    return folded.eval()
+    report = RewriteReport("fold_bn")
+    pairs = find_pairs(
+        folded,
+        lambda m: isinstance(m, FOLDABLE_TYPES),
+        lambda m: isinstance(m, BATCH_NORM_TYPES),
+        report,
+    )
+    for pair in pairs:
+        layer, bn = folded.get_submodule(pair.first), folded.get_submodule(pair.second)
+        why = _why_not(layer, bn)
+        if why:
+            report.left[pair.second] = why
+            continue
+        _fold_pair(layer, bn)
+        folded.set_submodule(pair.second, nn.Identity())
+        report.done.append(f"{pair.first} <- {pair.second}")
+    for name, m in folded.named_modules():
+        if isinstance(m, BATCH_NORM_TYPES) and name not in report.left:
+            report.left[name] = (
+                "not the only consumer of a conv/linear layer's output (e.g. BN after a "
+                "ReLU, an addition or a pooling layer), or a layer called more than once"
+            )
+    if report.left:
+        warnings.warn(str(report), FoldWarning, stacklevel=2)
+    folded.eval()
+    return (folded, report) if return_report else folded

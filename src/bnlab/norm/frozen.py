@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.norm import _validation
-from bnlab.norm.functional import normalize
+from bnlab.norm.core import normalize
 from bnlab.norm.modules import BATCH_NORM_TYPES
 from bnlab.norm.registry import register_norm
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.norm import _validation
-from bnlab.norm.functional import batch_stats, channel_shape, normalize
+from bnlab.norm.core import batch_stats, channel_shape, normalize
 from bnlab.norm.registry import register_norm
 
 __all__ = ["GROUP_NORM_BACKENDS", "GroupNorm", "InstanceNorm", "LayerNorm", "default_num_groups"]

@@ -1,52 +1,54 @@
-"""Batch-norm modules, drop-in for ``torch.nn.BatchNorm1d/2d/3d``.
+"""Batch-norm modules, drop-in for ``torch.nn.BatchNorm1d/2d/3d`` (and subclasses of them).
 
-Modules own the parameters, the population-statistics buffers and the train/eval switch;
-the math is in ``functional.py``. Subclasses differ only in ``_check_input_dim``; variants
-(sync, renorm, ghost, guards) override the ``_batch_norm`` hook.
+torch's base owns the parameters, the population-statistics buffers, ``state_dict`` and
+the train/eval switch; bnlab's ``forward`` routes the math through ``functional`` (and so
+the fused kernels) and adds the safe-statistics policies. Subclasses differ only in
+``_check_input_dim``; variants (sync, renorm, ghost, BN+ReLU) override ``_batch_norm``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bnlab.norm import _validation, dispatch, safe
-from bnlab.norm.functional import batch_norm, momentum_from_decay
+from bnlab.norm.functional import batch_norm, resolve_momentum
 
 __all__ = ["BATCH_NORM_TYPES", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
-_DEFAULT_MOMENTUM = 0.1
 
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalization over every dim except dim 1 (channels).
 
-class _NormBase(nn.Module):
-    """Parameters, buffers and bookkeeping shared by every per-channel norm layer.
+    ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias``, per channel. In training mode
+    ``E`` and ``Var`` (biased) are the batch's, and the running statistics move toward
+    them: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
+    variance, or the cumulative average ``1 / num_batches_tracked`` when ``momentum`` is
+    None. In eval mode the running statistics normalize (batch statistics if the layer
+    does not track them).
 
-    The same constructor, attributes, parameters and buffers as ``torch.nn``'s norm
-    base, so ``state_dict`` keys (``weight``, ``bias``, ``running_mean``,
-    ``running_var``, ``num_batches_tracked``) load both ways; ``bias=False`` (keyword-only,
-    as in torch 2.13) keeps the learned scale but drops the shift. Keyword-only extras:
-    ``decay`` (TF/Keras style, converted once by ``momentum_from_decay``), ``backend``
-    (see ``bnlab.norm.dispatch``), and the safe-statistics knobs (``bnlab.norm.safe``):
-    ``degenerate`` (``"raise"``, ``"population"`` or ``"skip"`` for a training batch with
-    at most one value per channel) and ``guard_nonfinite`` (default True: a NaN/Inf batch
-    never enters the running statistics; refusals are counted in ``refused_batches``).
+    A subclass of ``torch.nn``'s batch-norm base (each public layer of its
+    ``torch.nn.BatchNormXd``), so constructor, attributes, ``state_dict`` keys (both ways,
+    strict) and repr are torch's, and every ``isinstance``-based tool treats it as batch
+    norm. Keyword-only extras: ``decay`` (TF/Keras style, converted by
+    ``core.resolve_momentum``), ``backend`` (see ``bnlab.norm.dispatch``), and the
+    safe-statistics knobs (``bnlab.norm.safe``): ``degenerate`` (``"raise"``,
+    ``"population"`` or ``"skip"`` for a training batch with at most one value per
+    channel) and ``guard_nonfinite`` (default True: a NaN/Inf batch never enters the
+    running statistics; refusals are counted in the tensor attribute ``refused_count``,
+    read as ``refused_batches``).
+
+    Under ``torch.fx.symbolic_trace`` the layer stays one ``call_module`` node (a leaf,
+    as torch's layers are); ``torch.jit.script`` scripts the equivalent ``torch.nn``
+    layer sharing this one's parameters and buffers (:meth:`__prepare_scriptable__`).
+    Subclasses override ``_check_input_dim`` only; variants override ``_batch_norm``.
     """
 
-    _version = 2  # state_dict layout version: 2 added num_batches_tracked (as in torch)
+    #: The torch.nn layer with the same semantics (what ``torch.jit.script`` compiles).
+    _torch_class: type[nn.modules.batchnorm._BatchNorm] = nn.modules.batchnorm._BatchNorm
 
-    num_features: int
-    eps: float
-    momentum: float | None
-    affine: bool
-    track_running_stats: bool
     backend: str
-    weight: nn.Parameter | None
-    bias: nn.Parameter | None
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    num_batches_tracked: Tensor | None
+    refused_count: Tensor
 
     def __init__(
         self,
@@ -64,97 +66,43 @@ class _NormBase(nn.Module):
         degenerate: str = "raise",
         guard_nonfinite: bool = True,
     ) -> None:
-        super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int):
-            raise TypeError(f"num_features must be an int; got {type(num_features).__name__}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1; got {num_features}")
-        if decay is not None:
-            if momentum != _DEFAULT_MOMENTUM:
-                raise ValueError(
-                    f"give either momentum (PyTorch style, weight of the new batch) or decay "
-                    f"(TF/Keras style, weight of the old value), not both; got "
-                    f"momentum={momentum} and decay={decay}"
-                )
-            momentum = momentum_from_decay(decay)
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                f"momentum must be in [0, 1] or None (cumulative average); got {momentum}"
-            )
+        num_features = _validation.check_num_features(num_features)
+        momentum = resolve_momentum(momentum, decay)
+        _validation.check_eps(eps)
         if backend != dispatch.AUTO:
             dispatch.get_backend(backend)  # an unknown name fails here, not at first call
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
         self.backend = backend
         self.degenerate = safe.check_policy(degenerate)
         self.guard_nonfinite = bool(guard_nonfinite)
         self.layer_name: str | None = None  # set by safe.label_layers, for warnings
-        self.refused_batches = 0  # non-finite batches kept out of the running statistics
-        self.refused_steps: list[int] = []  # their step numbers (the last 100)
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:  # a learned scale without a shift (e.g. when a bias follows)
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+        self.refused_steps: list[int] = []  # steps of refused batches (eager mode, last 100)
+        # A tensor, not a buffer (so buffers and state_dict stay torch's): the device-side
+        # guard counts into it without a host sync.
+        self.refused_count = torch.zeros((), dtype=torch.long, device=device)
 
-    def reset_running_stats(self) -> None:
-        """Population statistics back to mean 0, variance 1, and the batch counter to 0."""
-        if self.running_mean is not None and self.running_var is not None:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, and the affine parameters to weight 1, bias 0."""
-        self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def _check_input_dim(self, input: Tensor) -> None:
-        """Raise ValueError if ``input`` has a rank this layer does not accept."""
-        raise NotImplementedError
+    @property
+    def refused_batches(self) -> int:
+        """Non-finite batches kept out of the running statistics so far (reads the buffer)."""
+        return int(self.refused_count)
 
     def _check_input(self, input: Tensor) -> None:
         """Type, rank (``_check_input_dim``) and channel count of ``input``."""
         _validation.check_float_tensor("input", input)
         self._check_input_dim(input)
-        if input.shape[1] != self.num_features:
-            expected = list(input.shape)
-            expected[1] = self.num_features
-            raise ValueError(
-                f"{type(self).__name__}({self.num_features}) expected input with "
-                f"{self.num_features} channels in dim 1, shape {tuple(expected)}; got "
-                f"shape {tuple(input.shape)}"
-            )
+        _validation.check_channels(type(self).__name__, self.num_features, input)
 
     def extra_repr(self) -> str:
-        text = (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+        text = super().extra_repr()
         if self.backend != dispatch.AUTO:
             text += f", backend={self.backend!r}"
         if self.degenerate != "raise":
@@ -163,40 +111,16 @@ class _NormBase(nn.Module):
             text += ", guard_nonfinite=False"
         return text
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Checkpoints from before version 2 have no batch counter; start it at 0.
-        version = local_metadata.get("version")
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats:
-            state_dict.setdefault(key, torch.tensor(0, dtype=torch.long))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-
-class _BatchNorm(_NormBase):
-    """Batch normalization over every dim except dim 1 (channels).
-
-    ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias``, per channel. In training mode
-    ``E`` and ``Var`` (biased) are the batch's, and the running statistics move toward
-    them: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
-    variance, or the cumulative average ``1 / num_batches_tracked`` when ``momentum`` is
-    None. In eval mode the running statistics normalize (batch statistics if the layer
-    does not track them).
-
-    Subclasses override ``_check_input_dim`` only; variants override ``_batch_norm``.
-    """
+    def train(self, mode: bool = True) -> _BatchNorm:
+        """Switch mode; going to eval warns once about batches refused since the last warning
+        (refusals under ``torch.compile``/``export`` are counted on the device, not warned)."""
+        if not mode:
+            safe.warn_refusals(self)
+        return super().train(mode)
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, torch.fx.Proxy):  # symbolic tracing: one call_module node
+            return _fx_leaf(self, input)
         self._check_input(input)
         # Buffers read once from the dict: nn.Module attribute lookups of buffers are slow
         # enough to matter on small layers (this runs on every step of every layer).
@@ -215,7 +139,7 @@ class _BatchNorm(_NormBase):
         # Buffers are passed (and so updated) in training only when tracking is on.
         tracking = training and self.track_running_stats
         pass_buffers = not training or self.track_running_stats
-        shadow = safe.snapshot_running_stats(self, tracking)
+        guard = safe.guard_for(self, input, tracking)
         output = self._batch_norm(
             input,
             running_mean if pass_buffers else None,
@@ -223,7 +147,7 @@ class _BatchNorm(_NormBase):
             use_batch_stats,
             momentum,
         )
-        safe.restore_if_nonfinite(self, shadow)
+        safe.finish_guard(self, guard)
         return output
 
     def _step_momentum(self) -> float:
@@ -257,6 +181,64 @@ class _BatchNorm(_NormBase):
             backend=self.backend,
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: the ``torch.nn`` layer of the same semantics,
+        sharing this layer's parameters and buffers (so a scripted model trains them).
+
+        Raises:
+            TypeError: a variant whose normalization differs from batch norm's.
+        """
+        if type(self)._batch_norm is not _BatchNorm._batch_norm:
+            raise TypeError(
+                f"{type(self).__name__} has no TorchScript form (its normalization is not "
+                "torch's batch norm); use torch.export or torch.compile instead of "
+                "torch.jit.script"
+            )
+        return as_torch_batch_norm(self, self._torch_class)
+
+
+def as_torch_batch_norm(
+    layer: nn.modules.batchnorm._BatchNorm, cls: type[nn.modules.batchnorm._BatchNorm]
+) -> nn.modules.batchnorm._BatchNorm:
+    """A ``cls`` (a ``torch.nn`` batch-norm class) sharing ``layer``'s parameters and buffers.
+
+    The same tensors, not copies: training either one moves both.
+    """
+    twin = cls(
+        layer.num_features,
+        layer.eps,
+        layer.momentum,
+        layer.affine,
+        layer.track_running_stats,
+        device="meta",
+        bias=layer.bias is not None,
+    )
+    for name in ("weight", "bias"):
+        twin._parameters[name] = layer._parameters[name]
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        twin._buffers[name] = layer._buffers[name]
+    return twin.train(layer.training)
+
+
+def _fx_leaf(layer: nn.Module, input: torch.fx.Proxy) -> torch.fx.Proxy:
+    """Record ``layer(input)`` as one ``call_module`` node, as FX does for torch's layers.
+
+    The traced ``GraphModule`` then calls this very layer (its kernels, its guard), and FX
+    passes that match ``isinstance(module, nn.BatchNorm2d)`` on call_module nodes see it.
+
+    Raises:
+        TypeError: the layer is the root of the trace (there is no node to call).
+    """
+    tracer = input.tracer
+    path = tracer.path_of_module(layer)  # type: ignore[attr-defined]
+    if not path:
+        raise TypeError(
+            f"torch.fx cannot trace a {type(layer).__name__} on its own (its forward "
+            "branches on the input's shape, as torch's batch norm does); trace the model "
+            "that contains it"
+        )
+    return tracer.create_proxy("call_module", path, (input,), {})
+
 
 def _rank_error(layer: str, accepted: str, input: Tensor) -> ValueError:
     return ValueError(
@@ -264,7 +246,7 @@ def _rank_error(layer: str, accepted: str, input: Tensor) -> ValueError:
     )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Batch norm over ``(N, C)`` or ``(N, C, L)`` input; drop-in for ``torch.nn.BatchNorm1d``.
 
     ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias`` per channel, statistics over
@@ -278,12 +260,14 @@ class BatchNorm1d(_BatchNorm):
     torch.Size([8, 4])
     """
 
+    _torch_class = nn.BatchNorm1d
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in (2, 3):
             raise _rank_error("BatchNorm1d", "2-D (N, C) or 3-D (N, C, L)", input)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Batch norm over ``(N, C, H, W)`` input; drop-in for ``torch.nn.BatchNorm2d``.
 
     ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias`` per channel, with E and Var
@@ -319,12 +303,14 @@ class BatchNorm2d(_BatchNorm):
     torch.Size([4, 3, 5, 5])
     """
 
+    _torch_class = nn.BatchNorm2d
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 4:
             raise _rank_error("BatchNorm2d", "4-D (N, C, H, W)", input)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """Batch norm over ``(N, C, D, H, W)`` input; drop-in for ``torch.nn.BatchNorm3d``.
 
     ``y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias`` per channel, statistics over
@@ -338,14 +324,13 @@ class BatchNorm3d(_BatchNorm):
     torch.Size([2, 2, 3, 4, 5])
     """
 
+    _torch_class = nn.BatchNorm3d
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 5:
             raise _rank_error("BatchNorm3d", "5-D (N, C, D, H, W)", input)
 
 
-# Every class that is batch norm in the torch.nn sense, for converters (freeze, fold,
-# sync) that must recognise both bnlab's and torch's layers.
-BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    _BatchNorm,
-    nn.modules.batchnorm._BatchNorm,
-)
+# Every class that is batch norm in the torch.nn sense (bnlab's layers are subclasses),
+# for converters (freeze, fold, sync) that must recognise both bnlab's and torch's layers.
+BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from bnlab.norm.functional import batch_stats
+from bnlab.norm.core import batch_stats
 from bnlab.norm.modules import BATCH_NORM_TYPES
 
 __all__ = ["PooledMoments", "PreciseStats", "precise_bn"]

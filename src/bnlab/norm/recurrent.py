@@ -12,15 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation
-from bnlab.norm.functional import batch_norm
-from bnlab.norm.modules import _NormBase
+from bnlab.norm import _validation, dispatch
+from bnlab.norm.functional import batch_norm, resolve_momentum
 from bnlab.norm.registry import register_norm
 
 __all__ = ["RecurrentBatchNorm"]
 
 
-class RecurrentBatchNorm(_NormBase):
+class RecurrentBatchNorm(nn.modules.batchnorm._NormBase):
     """Batch norm for step ``t`` of a recurrent network, one set of statistics per step.
 
     ``y_t = (x_t - E_t[x]) / sqrt(Var_t[x] + eps) * weight + bias``. Training uses the
@@ -69,15 +68,23 @@ class RecurrentBatchNorm(_NormBase):
         dtype: torch.dtype | None = None,
         *,
         weight_init: float = 1.0,
-        **kwargs: Any,
+        bias: bool = True,
+        decay: float | None = None,
+        backend: str = "auto",
     ) -> None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be an int >= 1; got {max_steps!r}")
+        num_features = _validation.check_num_features(num_features)
+        momentum = resolve_momentum(momentum, decay)
+        _validation.check_eps(eps)
+        if backend != dispatch.AUTO:
+            dispatch.get_backend(backend)  # an unknown name fails here, not at first call
         self.max_steps = max_steps
         self.weight_init = weight_init
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
         )
+        self.backend = backend
         if track_running_stats:
             # One row per step (replaces the (C,) buffers the base registered).
             factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -98,6 +105,11 @@ class RecurrentBatchNorm(_NormBase):
                 f"RecurrentBatchNorm expects (N, C) or (N, C, *) input for one step; got "
                 f"{input.dim()}-D input of shape {tuple(input.shape)}"
             )
+
+    def _check_input(self, input: Tensor) -> None:
+        _validation.check_float_tensor("input", input)
+        self._check_input_dim(input)
+        _validation.check_channels(type(self).__name__, self.num_features, input)
 
     def row(self, step: int) -> int:
         """The statistics row step ``step`` uses: ``min(step, max_steps - 1)``."""

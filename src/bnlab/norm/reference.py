@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 
 from bnlab.norm import _validation
-from bnlab.norm.functional import (
-    _empty_batch_norm,
+from bnlab.norm.core import (
     batch_stats,
     channel_shape,
     compute_dtype,
+    empty_batch_norm,
     normalize,
     reduce_dims,
     unbiased_var,
@@ -170,7 +170,7 @@ def batch_norm_reference(
         input, running_mean, running_var, weight, bias, training, momentum, eps
     )
     if input.numel() == 0:
-        return _empty_batch_norm(input, weight, bias)
+        return empty_batch_norm(input, weight, bias)
     if training:
         # Alg. 1 lines 1-2: mini-batch mean and (biased) variance. Computed without
         # autograd: BatchNormFunction's backward accounts for their dependence on x.

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from bnlab.errors import UnknownNameError
-from bnlab.norm.functional import momentum_from_decay
+from bnlab.norm.core import momentum_from_decay
 from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["NormFactory", "available_norms", "get_norm", "register_norm"]

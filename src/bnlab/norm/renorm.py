@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.functional import batch_stats, normalize, unbiased_var, update_running_stats
+from bnlab.norm.core import batch_stats, normalize, unbiased_var, update_running_stats
 from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from bnlab.norm.registry import register_norm
 

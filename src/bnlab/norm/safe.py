@@ -1,8 +1,17 @@
 """Safe statistics for bnlab's batch-norm modules: a per-layer policy for degenerate batches
 (one value per channel, or none) and a guard that keeps non-finite batches out of the
 running statistics. ``_BatchNorm.forward`` calls :func:`degenerate_forward`, then
-:func:`snapshot_running_stats` before and :func:`restore_if_nonfinite` after the update;
-the knobs are the layers' ``degenerate=`` and ``guard_nonfinite=`` arguments.
+:func:`guard_for` before and :func:`finish_guard` after the update; the knobs are the
+layers' ``degenerate=`` and ``guard_nonfinite=`` arguments.
+
+The guard has two forms with one outcome (the running statistics and
+``num_batches_tracked`` as they were, ``refused_count`` one higher):
+
+- eager on the CPU, where reading a value costs no device sync: checked on the host, and a
+  refusal is warned at once with its step (``refused_steps``);
+- everywhere else (CUDA, ``torch.compile``/``torch.export``, ``torch.jit.trace``, fake and
+  meta tensors): decided on the device with ``torch.where``, no host sync and no graph
+  break; the count is warned lazily, when the layer goes to ``eval()`` (or by the doctor).
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ __all__ = [
     "NonFiniteBatchWarning",
     "check_policy",
     "degenerate_forward",
+    "finish_guard",
+    "guard_for",
     "is_degenerate",
     "label_layers",
     "refusals",
     "restore_if_nonfinite",
     "snapshot_running_stats",
+    "warn_refusals",
 ]
 
 #: policy -> what a degenerate training batch (<= 1 value per channel) does.
@@ -90,13 +102,14 @@ def refusals(model: nn.Module) -> dict[str, dict[str, Any]]:
 
     Only layers that refused at least one batch are listed; ``steps`` holds the layer's
     training-step numbers (``num_batches_tracked`` had the batch been counted), the last
-    100 of them.
+    100 of them (eager CPU only: refusals decided on the device have no step).
     """
-    return {
-        name: {"count": m.refused_batches, "steps": list(m.refused_steps)}
-        for name, m in model.named_modules()
-        if getattr(m, "refused_batches", 0)
-    }
+    found = {}
+    for name, m in model.named_modules():
+        count = getattr(m, "refused_batches", 0)
+        if count:
+            found[name] = {"count": count, "steps": list(m.refused_steps)}
+    return found
 
 
 def _warn_once(layer: Any, input: Tensor, policy: str) -> None:
@@ -195,17 +208,94 @@ def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
         mean.copy_(saved[: mean.numel()])
         var.copy_(saved[mean.numel() :])
         tracked = layer.num_batches_tracked
-        step = int(tracked) if tracked is not None else layer.refused_batches + 1
+        count = layer.refused_count.add_(1)
+        step = int(tracked) if tracked is not None else int(count)
         if tracked is not None:
             tracked.sub_(1)
-    layer.refused_batches += 1
     layer.refused_steps.append(step)
     del layer.refused_steps[:-_KEEP_STEPS]
+    layer._refusals_warned = int(count)
     warnings.warn(
         f"batch norm {layer_label(layer)} refused a non-finite batch at step {step} "
-        f"({layer.refused_batches} refused so far): its running statistics are unchanged; "
+        f"({int(count)} refused so far): its running statistics are unchanged; "
         "the output still carries the NaN/Inf. Look for an overflow upstream (e.g. a "
         "mixed-precision step) or a learning rate that diverges.",
         NonFiniteBatchWarning,
         stacklevel=2,
+    )
+
+
+def _host_checked(input: Tensor) -> bool:
+    """Whether reading a value of ``input``'s computation costs nothing: plain eager CPU."""
+    return (
+        type(input) is Tensor
+        and input.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
+
+
+def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | None:
+    """Start the non-finite guard for one forward of ``layer`` on ``input``.
+
+    Returns what :func:`finish_guard` needs, or None when there is nothing to guard
+    (``tracking`` False, ``layer.guard_nonfinite`` False, or no running statistics).
+    """
+    if not (tracking and layer.guard_nonfinite):
+        return None
+    if _host_checked(input):
+        shadow = snapshot_running_stats(layer, True)
+        return None if shadow is None else (True, shadow)
+    mean, var = layer.running_mean, layer.running_var
+    if mean is None or var is None:
+        return None
+    return False, torch.cat((mean, var))
+
+
+def finish_guard(layer: Any, guard: tuple[bool, Any] | None) -> None:
+    """Complete the guard :func:`guard_for` started, after the running-statistics update."""
+    if guard is None:
+        return
+    on_host, saved = guard
+    if on_host:
+        restore_if_nonfinite(layer, saved)
+    else:
+        _restore_on_device(layer, saved)
+
+
+def _restore_on_device(layer: Any, saved: Tensor) -> None:
+    """The guard without a host sync: keep the update only where every value is finite."""
+    mean, var = layer.running_mean, layer.running_var
+    with torch.no_grad():
+        ok = torch.isfinite(torch.cat((mean, var))).all()
+        mean.copy_(torch.where(ok, mean, saved[: mean.numel()]))
+        var.copy_(torch.where(ok, var, saved[mean.numel() :]))
+        refused = (~ok).to(torch.long)
+        if layer.refused_count.device != refused.device:  # the layer moved (eager only)
+            layer.refused_count = layer.refused_count.to(refused.device)
+        if not torch.compiler.is_exporting():  # export keeps only buffer mutations
+            layer.refused_count.add_(refused)
+        if layer.num_batches_tracked is not None:
+            layer.num_batches_tracked.sub_(refused)
+
+
+def warn_refusals(layer: Any) -> None:
+    """Warn once about refusals not warned yet (those decided on the device).
+
+    Called when a layer goes to ``eval()``; reads the count (one sync). Does nothing
+    while compiling or when the count has not grown since the last warning.
+    """
+    count_buffer = getattr(layer, "refused_count", None)
+    if count_buffer is None or torch.compiler.is_compiling() or count_buffer.is_meta:
+        return
+    count = int(count_buffer)
+    if count <= getattr(layer, "_refusals_warned", 0):
+        return
+    layer._refusals_warned = count
+    warnings.warn(
+        f"batch norm {layer_label(layer)} refused {count} non-finite batch(es) so far: its "
+        "running statistics kept their last finite values. Look for an overflow upstream "
+        "(e.g. a mixed-precision step) or a learning rate that diverges.",
+        NonFiniteBatchWarning,
+        stacklevel=3,
     )

@@ -8,6 +8,7 @@ swaps the batch-norm layers of a model for this one. The math is in docs/distrib
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, NoReturn
 
 import torch
@@ -275,8 +276,10 @@ def sync_batch_norm(
 class SyncBatchNorm(_BatchNorm):
     r"""Batch norm whose training statistics span every process of a torch.distributed group.
 
-    Drop-in for ``torch.nn.SyncBatchNorm`` (same constructor and ``state_dict`` keys)
-    that also runs on CPU tensors with the gloo backend. In training mode with k > 1
+    Drop-in for ``torch.nn.SyncBatchNorm`` (same constructor and ``state_dict`` keys, and,
+    like it, an instance of ``torch.nn``'s batch-norm base) that also runs on CPU tensors
+    with the gloo backend. Not a subclass of ``torch.nn.SyncBatchNorm`` itself:
+    ``DistributedDataParallel`` refuses those on CPU. In training mode with k > 1
     processes, each rank normalizes its shard with the mean and biased variance of the
     concatenated batch of all ranks,
 
@@ -382,8 +385,11 @@ class SyncBatchNorm(_BatchNorm):
 def convert_sync_batchnorm(
     module: nn.Module, process_group: dist.ProcessGroup | None = None
 ) -> nn.Module:
-    """Return a copy of ``module`` with every batch-norm layer replaced by SyncBatchNorm.
+    """A new model in which every batch-norm layer of ``module`` is a SyncBatchNorm.
 
+    The new model holds the very Parameter and buffer objects of ``module`` (as
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does), so an optimizer built before
+    the conversion trains the converted model; ``module`` itself keeps its layers.
     Plain batch-norm layers (every ``torch.nn`` batch norm, bnlab's
     ``BatchNorm1d/2d/3d``) become :class:`SyncBatchNorm` with the same
     ``num_features``, ``eps``, ``momentum``, ``affine``, ``track_running_stats`` (and a
@@ -391,22 +397,26 @@ def convert_sync_batchnorm(
     buffers (running statistics, ``num_batches_tracked``) and the same train/eval mode.
     Existing SyncBatchNorm layers get ``process_group``. Variants that normalize
     differently (ghost batch norm, batch renorm, frozen batch norm) are left as they are.
-    The input is not modified.
 
     Args:
         module: a model, or a single batch-norm layer.
         process_group: the group the new layers synchronize over (default: whole world).
 
     Returns:
-        The converted copy (a SyncBatchNorm if ``module`` itself is a batch-norm layer).
+        The converted model (a SyncBatchNorm if ``module`` itself is batch norm).
 
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
-    >>> type(convert_sync_batchnorm(net)[1]).__name__, type(net[1]).__name__
-    ('SyncBatchNorm', 'BatchNorm2d')
+    >>> synced = convert_sync_batchnorm(net)
+    >>> type(synced[1]).__name__, type(net[1]).__name__, synced[1].weight is net[1].weight
+    ('SyncBatchNorm', 'BatchNorm2d', True)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module; got {type(module).__name__}")
-    return _convert(copy.deepcopy(module), process_group)
+    # Copy the modules, not the tensors: the memo maps every Parameter/buffer to itself.
+    shared: dict[int, Any] = {
+        id(t): t for t in itertools.chain(module.parameters(), module.buffers())
+    }
+    return _convert(copy.deepcopy(module, shared), process_group)
 
 
 def _convert(module: nn.Module, group: dist.ProcessGroup | None) -> nn.Module:
@@ -431,12 +441,10 @@ def _is_plain_batch_norm(module: nn.Module) -> bool:
     ``_batch_norm``. Variants that override them (ghost batches, batch renorm) normalize
     differently, and swapping them for SyncBatchNorm would silently change the model.
     """
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return True
-    if not isinstance(module, _BatchNorm):
-        return False
-    cls = type(module)
-    return cls.forward is _BatchNorm.forward and cls._batch_norm is _BatchNorm._batch_norm
+    if isinstance(module, _BatchNorm):
+        cls = type(module)
+        return cls.forward is _BatchNorm.forward and cls._batch_norm is _BatchNorm._batch_norm
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
@@ -454,7 +462,7 @@ def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
         bias=bn.bias is not None or not bn.affine,
         backend=getattr(bn, "backend", "auto"),
     )
-    # ``bn`` belongs to a private deep copy, so its tensors can be adopted, not copied.
+    # The same Parameter and buffer objects (as torch's converter): optimizers keep working.
     if bn.affine:
         new.weight = bn.weight
         if bn.bias is not None:

@@ -1,41 +1,13 @@
 """Fused CPU batch-norm kernels (numba): training forward, backward and inference forward.
 
-The ``"fused"`` backend of :func:`bnlab.norm.functional.batch_norm`. Array kernels live in
-``_numba.py``; the torch glue, memory-schedule planning and autograd Function in
-``fused.py``; batch norm fused with the following ReLU (modules, model transform) in
-``fusion.py``.
+Array kernels live in ``_numba.py``; memory-schedule planning and the torch glue
+(:func:`forward`, :func:`backward`) in ``fused.py``; reused output memory in ``_pool.py``.
+Nothing here is called directly: ``bnlab.norm.ops`` registers these as the PyTorch
+operators behind the ``"fused"`` backend. Importing this package imports numba.
 """
 
 from __future__ import annotations
 
-from bnlab.norm.kernels.fused import (
-    SUPPORTED_DTYPES,
-    FusedBatchNormFunction,
-    Plan,
-    batch_norm_fused,
-    fused_batch_norm,
-    is_supported,
-    plan_for,
-    warmup,
-)
-from bnlab.norm.kernels.fusion import (
-    BatchNormReLU1d,
-    BatchNormReLU2d,
-    BatchNormReLU3d,
-    fuse_bn_relu,
-)
+from bnlab.norm.kernels.fused import Plan, backward, forward, plan_for
 
-__all__ = [
-    "SUPPORTED_DTYPES",
-    "BatchNormReLU1d",
-    "BatchNormReLU2d",
-    "BatchNormReLU3d",
-    "FusedBatchNormFunction",
-    "Plan",
-    "batch_norm_fused",
-    "fuse_bn_relu",
-    "fused_batch_norm",
-    "is_supported",
-    "plan_for",
-    "warmup",
-]
+__all__ = ["Plan", "backward", "forward", "plan_for"]

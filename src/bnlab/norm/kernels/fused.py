@@ -1,16 +1,16 @@
-"""The fused CPU batch norm: memory-schedule planning and the autograd Function.
+"""The fused CPU batch norm's torch glue: memory-schedule planning, :func:`forward` and
+:func:`backward` over the numba kernels of ``_numba.py`` (float32/float64, contiguous or
+channels-last, any rank 2-5).
 
-Wraps the numba kernels of ``_numba.py`` (float32/float64, contiguous or channels-last, any
-rank 2-5) in :class:`FusedBatchNormFunction`, whose backward is one fused kernel too, and
-exposes :func:`fused_batch_norm` (optionally with a fused ReLU). Inputs the kernels do not
-cover (CUDA, half precision, integer) go to the reference implementation instead.
+No autograd and no argument checks here: ``bnlab.norm.ops`` registers these two functions
+as the PyTorch operators ``bnlab::fused_batch_norm`` and ``bnlab::fused_batch_norm_backward``
+(with shape inference and an autograd formula) and is what everything else calls.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,23 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bnlab.norm import _validation
-from bnlab.norm.functional import _empty_batch_norm, batch_stats, normalize
 from bnlab.norm.kernels import _numba as K
 from bnlab.norm.kernels._pool import output_pool
 
 __all__ = [
-    "SUPPORTED_DTYPES",
-    "FusedBatchNormFunction",
     "Plan",
-    "batch_norm_fused",
-    "fused_batch_norm",
-    "is_supported",
+    "backward",
+    "forward",
     "plan_for",
-    "warmup",
 ]
-
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 
 # The channel-slice schedule reads each channel once from memory when a channel's rows
 # are long enough to stream (L values each); shorter rows go to the row schedule.
@@ -51,11 +43,6 @@ _MAX_ROW_WIDTH = 1 << 16
 # task's slice stays under _MAX_SLICE (x and dy of a slice share a 2 MB L2 in backward).
 _MIN_SEGMENT = 4096
 _MAX_SLICE = 512 * 1024
-
-
-def is_supported(input: Tensor) -> bool:
-    """Whether the fused kernels handle ``input``: a non-empty float32/float64 CPU tensor."""
-    return input.device.type == "cpu" and input.dtype in SUPPORTED_DTYPES and input.numel() > 0
 
 
 @dataclass(frozen=True)
@@ -241,10 +228,10 @@ def _np_param(t: Tensor | None, num_channels: int, fill: float, dtype: torch.dty
     return t.detach().numpy()
 
 
-_EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in SUPPORTED_DTYPES}
+_EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in (torch.float32, torch.float64)}
 
 
-def _forward(
+def forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -254,8 +241,15 @@ def _forward(
     momentum: float,
     eps: float,
     relu: bool,
-) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray, Plan]:
-    """Run the forward kernel: ``(y, x as used, float64 mean, float64 invstd, plan)``."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the forward kernel: ``(y, float64 mean, float64 invstd)``, each ``(C,)``.
+
+    ``y = (x - mean) * invstd * weight + bias`` (then ``max(., 0)`` with ``relu``) with the
+    batch's mean and ``invstd = 1 / sqrt(biased var + eps)`` in training, where the running
+    buffers (if given) move toward the mean and unbiased variance in place; the running
+    statistics otherwise (``mean``/``invstd`` then hold those). ``y`` has ``x``'s strides
+    when ``x`` is contiguous or channels-last (dense), else contiguous strides.
+    """
     threads = _threads(x.numel())
     plan = plan_for(x, threads)
     if plan.layout == "contiguous" and not x.is_contiguous():
@@ -290,79 +284,7 @@ def _forward(
         else:
             chan, _first = plan.columns()
             K.rows_forward_eval(xv, chan, w, b, eps, relu, yv, rm, rv, mean, invstd, threads)
-    return y, x, mean, invstd, plan
-
-
-class FusedBatchNormFunction(torch.autograd.Function):
-    """Batch norm (optionally followed by ReLU) with fused forward and backward kernels.
-
-    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, relu)``
-    returns ``y = max(0, (x - mean) / sqrt(var + eps) * weight + bias)`` (no max without
-    ``relu``), with the batch's mean and biased variance in training (and the running
-    statistics moved by ``momentum`` toward the mean and unbiased variance, in place) and
-    the running statistics otherwise. Backward, with ``g = dL/dy`` masked where the ReLU
-    was off and ``m`` values per channel (Ioffe & Szegedy 2015, Section 3)::
-
-        dL/dbias   = sum(g)                dL/dweight = sum(g * xhat)
-        dL/dx      = weight * invstd * (g - sum(g)/m - xhat * sum(g * xhat)/m)   (training)
-        dL/dx      = weight * invstd * g                                        (eval)
-
-    computed in one kernel that reads ``x`` and ``g`` per channel slice. A double backward
-    (``create_graph=True``) is computed with differentiable torch operations instead.
-
-    Shape:
-        x: ``(N, C, *)`` float32/float64 CPU, contiguous or channels-last (others are
-        copied); weight, bias, running_mean, running_var: ``(C,)`` or None; y: like x.
-
-    >>> x = torch.randn(8, 3, 4, 4, requires_grad=True)
-    >>> y = FusedBatchNormFunction.apply(x, None, None, None, None, True, 0.1, 1e-5, False)
-    >>> y.sum().backward(); x.grad.shape
-    torch.Size([8, 3, 4, 4])
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        training: bool,
-        momentum: float,
-        eps: float,
-        relu: bool,
-    ) -> Tensor:
-        y, x, mean, invstd, plan = _forward(
-            x, weight, bias, running_mean, running_var, training, momentum, eps, relu
-        )
-        ctx.save_for_backward(x, weight, bias)
-        ctx.stats = (mean, invstd)
-        ctx.plan = plan
-        ctx.training = training
-        ctx.relu = relu
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, bias = ctx.saved_tensors
-        need_dx, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            dx, dw, db = _differentiable_backward(ctx, x, weight, bias, dy)
-        else:
-            dx, dw, db = _fused_backward(ctx, x, weight, bias, dy, need_dx)
-        return (
-            dx if need_dx else None,
-            dw if need_w else None,
-            db if need_b else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+    return y, torch.from_numpy(mean), torch.from_numpy(invstd)
 
 
 def _running_arrays(
@@ -393,22 +315,42 @@ def _running_arrays(
     return rm.numpy(), rv.numpy(), write_back
 
 
-def _fused_backward(
-    ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor, need_dx: bool
+def backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+    training: bool,
+    relu: bool,
+    need_dx: bool,
 ) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The backward kernel: ``(dx or None, dweight, dbias)``, the last two float64 ``(C,)``.
+
+    With ``g = dy`` masked where the ReLU was off and ``m`` values per channel::
+
+        dbias = sum(g)      dweight = sum(g * xhat)
+        dx = weight * invstd * (g - sum(g)/m - xhat * sum(g * xhat)/m)   (training)
+        dx = weight * invstd * g                                         (eval)
+
+    ``mean``/``invstd`` are :func:`forward`'s (float64); ``x`` may have any strides.
+    """
     threads = _threads(x.numel())
-    plan: Plan = ctx.plan
+    plan = plan_for(x, threads)
+    if plan.layout == "contiguous" and not x.is_contiguous():
+        x = x.contiguous()
     num_channels = x.shape[1]
     w = _np_param(weight, num_channels, 1.0, x.dtype)
     b = _np_param(bias, num_channels, 0.0, x.dtype)
-    mean, invstd = ctx.stats
+    mean_np, invstd_np = mean.detach().numpy(), invstd.detach().numpy()
     xv = plan.view(x)
     dyv = plan.view(dy if dy.dtype == x.dtype else dy.to(x.dtype))
     dx = output_pool.empty_like(x) if need_dx else None
     dxv = plan.out_view(dx) if dx is not None else xv  # never written when need_dx is False
     sum_g = np.empty(num_channels)
     sum_gxhat = np.empty(num_channels)
-    args = (w, b, mean, invstd, ctx.training, ctx.relu, need_dx, dxv, sum_g, sum_gxhat)
+    args = (w, b, mean_np, invstd_np, training, relu, need_dx, dxv, sum_g, sum_gxhat)
     if plan.schedule == "channel":
         K.channel_backward(xv, dyv, *args, plan.rep)
     else:
@@ -417,132 +359,3 @@ def _fused_backward(
     # float64 sums; autograd casts a Function's gradients to each input's dtype itself
     # (in C++, cheaper than a cast here: tested in tests/norm/test_fused.py).
     return dx, torch.from_numpy(sum_gxhat), torch.from_numpy(sum_g)
-
-
-def _differentiable_backward(
-    ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, dy: Tensor
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The backward in torch operations, so that it can itself be differentiated.
-
-    Runs only under ``create_graph=True`` (double backward, ``gradgradcheck``): the
-    forward is recomputed with bnlab's functional ops and differentiated by autograd.
-    """
-    inputs = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
-    if not inputs:
-        return None, None, None
-    with torch.enable_grad():
-        if ctx.training:
-            mean, var = batch_stats(x)
-        else:
-            mean_np, invstd_np = ctx.stats
-            mean = torch.from_numpy(mean_np)
-            var = torch.from_numpy(invstd_np).pow(-2) - ctx.eps
-        y = normalize(x, mean, var, weight, bias, ctx.eps)
-        if ctx.relu:
-            y = torch.relu(y)
-        grads = torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
-    found = dict(zip((id(t) for t in inputs), grads, strict=True))
-    return tuple(found.get(id(t)) if t is not None else None for t in (x, weight, bias))  # type: ignore[return-value]
-
-
-def fused_batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    *,
-    relu: bool = False,
-) -> Tensor:
-    """Batch norm through the fused CPU kernels; ``torch.nn.functional.batch_norm`` semantics.
-
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel (dim 1), followed by
-    ``max(y, 0)`` when ``relu`` (one pass instead of two, forward and backward). Training
-    uses the batch's mean and biased variance and updates the running statistics in
-    place (``new = (1 - momentum) * old + momentum * batch``, unbiased variance); eval
-    uses the running statistics. Inputs the kernels do not support (see
-    :func:`is_supported`) are computed by bnlab's reference implementation.
-
-    Args and Raises: as :func:`bnlab.norm.functional.batch_norm`, plus ``relu``.
-
-    Returns:
-        A tensor like ``input`` (same shape, dtype and memory format when it is
-        contiguous or channels-last).
-
-    >>> x = torch.randn(16, 4, 8, 8)
-    >>> y = fused_batch_norm(x, None, None, training=True, relu=True)
-    >>> bool((y >= 0).all())
-    True
-    """
-    _validation.check_batch_norm_args(
-        input, running_mean, running_var, weight, bias, training, momentum, eps
-    )
-    if input.numel() == 0:
-        y = _empty_batch_norm(input, weight, bias)
-        return torch.relu(y) if relu else y
-    return batch_norm_fused(
-        input, running_mean, running_var, weight, bias, training, momentum, eps, relu=relu
-    )
-
-
-def batch_norm_fused(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-    *,
-    relu: bool = False,
-) -> Tensor:
-    """:func:`fused_batch_norm` without the argument checks: the ``"fused"`` backend.
-
-    Trusts validated arguments and a non-empty input (``bnlab.norm.dispatch``'s backend
-    contract); inputs outside :func:`is_supported` go to the reference implementation.
-    """
-    if not is_supported(input):
-        from bnlab.norm.reference import batch_norm_reference
-
-        y = batch_norm_reference(
-            input, running_mean, running_var, weight, bias, training, momentum, eps
-        )
-        return torch.relu(y) if relu else y
-    if not torch.is_grad_enabled() or not any(
-        t is not None and t.requires_grad for t in (input, weight, bias)
-    ):
-        # Nothing to differentiate (inference): skip the autograd Function's overhead.
-        return _forward(
-            input, weight, bias, running_mean, running_var, training, momentum, eps, relu
-        )[0]
-    out: Tensor = FusedBatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, momentum, eps, relu
-    )
-    return out
-
-
-def warmup(dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES) -> float:
-    """Compile (or load from numba's on-disk cache) every kernel for ``dtypes``; seconds.
-
-    The first call of a kernel in a process costs its compilation (seconds) or, once
-    numba's cache holds it (``__pycache__`` beside ``_numba.py``, or ``NUMBA_CACHE_DIR``),
-    the cache load (tens of milliseconds). Call this before timing anything.
-    """
-    start = time.perf_counter()
-    shapes = [((4, 4, 40), None), ((4, 3, 2), None), ((8, 4, 3, 3), torch.channels_last)]
-    for dtype in dtypes:
-        for shape, fmt in shapes:
-            x = torch.randn(shape, dtype=dtype)
-            if fmt is not None:
-                x = x.contiguous(memory_format=fmt)
-            x.requires_grad_(True)
-            w = torch.ones(shape[1], dtype=dtype, requires_grad=True)
-            rm, rv = torch.zeros(shape[1], dtype=dtype), torch.ones(shape[1], dtype=dtype)
-            for training in (True, False):
-                y = fused_batch_norm(x, rm, rv, w, None, training)
-                y.sum().backward()
-    return time.perf_counter() - start
