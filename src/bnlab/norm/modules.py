@@ -139,14 +139,12 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         # Buffers are passed (and so updated) in training only when tracking is on.
         tracking = training and self.track_running_stats
         pass_buffers = not training or self.track_running_stats
+        if not pass_buffers:
+            running_mean = running_var = None
         guard = safe.guard_for(self, input, tracking)
-        output = self._batch_norm(
-            input,
-            running_mean if pass_buffers else None,
-            running_var if pass_buffers else None,
-            use_batch_stats,
-            momentum,
-        )
+        if guard is not None and not guard[0]:  # the update goes to copies (see safe)
+            running_mean, running_var = guard[1]
+        output = self._batch_norm(input, running_mean, running_var, use_batch_stats, momentum)
         safe.finish_guard(self, guard)
         return output
 

@@ -204,9 +204,9 @@ def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
     # 0 exactly when every value is finite; unlike a sum of the values it cannot overflow.
     if math.isfinite(float(torch.dot(now, zeros))):
         return
-    with torch.no_grad():
-        mean.copy_(saved[: mean.numel()])
-        var.copy_(saved[mean.numel() :])
+    with torch.no_grad():  # through .data: the batch-norm op saved these for its backward
+        mean.data.copy_(saved[: mean.numel()])
+        var.data.copy_(saved[mean.numel() :])
         tracked = layer.num_batches_tracked
         count = layer.refused_count.add_(1)
         step = int(tracked) if tracked is not None else int(count)
@@ -239,7 +239,9 @@ def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | N
     """Start the non-finite guard for one forward of ``layer`` on ``input``.
 
     Returns what :func:`finish_guard` needs, or None when there is nothing to guard
-    (``tracking`` False, ``layer.guard_nonfinite`` False, or no running statistics).
+    (``tracking`` False, ``layer.guard_nonfinite`` False, or no running statistics). On
+    the device path the update goes to copies of the running statistics, ``(True, ...)``
+    never, ``(False, (mean, var))`` with the copies the caller must pass to the kernel.
     """
     if not (tracking and layer.guard_nonfinite):
         return None
@@ -249,34 +251,37 @@ def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | N
     mean, var = layer.running_mean, layer.running_var
     if mean is None or var is None:
         return None
-    return False, torch.cat((mean, var))
+    # The kernel updates copies; the buffers take them only if finite. (Updating the
+    # buffers and restoring them would modify tensors autograd saved for backward.)
+    return False, (mean.clone(), var.clone())
 
 
 def finish_guard(layer: Any, guard: tuple[bool, Any] | None) -> None:
     """Complete the guard :func:`guard_for` started, after the running-statistics update."""
     if guard is None:
         return
-    on_host, saved = guard
+    on_host, state = guard
     if on_host:
-        restore_if_nonfinite(layer, saved)
+        restore_if_nonfinite(layer, state)
     else:
-        _restore_on_device(layer, saved)
+        _commit_if_finite(layer, *state)
 
 
-def _restore_on_device(layer: Any, saved: Tensor) -> None:
-    """The guard without a host sync: keep the update only where every value is finite."""
+def _commit_if_finite(layer: Any, new_mean: Tensor, new_var: Tensor) -> None:
+    """The guard without a host sync: the buffers take the update only if all of it is finite."""
     mean, var = layer.running_mean, layer.running_var
     with torch.no_grad():
-        ok = torch.isfinite(torch.cat((mean, var))).all()
-        mean.copy_(torch.where(ok, mean, saved[: mean.numel()]))
-        var.copy_(torch.where(ok, var, saved[mean.numel() :]))
+        ok = torch.isfinite(torch.cat((new_mean, new_var))).all()
+        mean.copy_(torch.where(ok, new_mean, mean))
+        var.copy_(torch.where(ok, new_var, var))
         refused = (~ok).to(torch.long)
-        if layer.refused_count.device != refused.device:  # the layer moved (eager only)
-            layer.refused_count = layer.refused_count.to(refused.device)
-        if not torch.compiler.is_exporting():  # export keeps only buffer mutations
-            layer.refused_count.add_(refused)
         if layer.num_batches_tracked is not None:
             layer.num_batches_tracked.sub_(refused)
+        if torch.compiler.is_exporting():  # an exported program keeps buffer updates only
+            return
+        if layer.refused_count.device != refused.device:  # the layer moved (eager only)
+            layer.refused_count = layer.refused_count.to(refused.device)
+        layer.refused_count.add_(refused)
 
 
 def warn_refusals(layer: Any) -> None:
@@ -286,7 +291,9 @@ def warn_refusals(layer: Any) -> None:
     while compiling or when the count has not grown since the last warning.
     """
     count_buffer = getattr(layer, "refused_count", None)
-    if count_buffer is None or torch.compiler.is_compiling() or count_buffer.is_meta:
+    if type(count_buffer) is not Tensor or count_buffer.is_meta:
+        return  # no count, or a fake/meta one (shape inference): nothing to read
+    if torch.compiler.is_compiling():
         return
     count = int(count_buffer)
     if count <= getattr(layer, "_refusals_warned", 0):
