@@ -15,15 +15,23 @@ from bnlab.data import load_mnist, write_fake_mnist
 from bnlab.experiments import get_experiment, run_experiment
 from bnlab.experiments.base import RunContext
 from bnlab.experiments.sigmoid_mlp import (
+    REFERENCE_FILE,
     SPEC,
     SigmoidMLPConfig,
     build_model,
+    input_noise,
     probe_statistics,
     run,
     summed_cross_entropy,
 )
 from bnlab.models.mlp import BatchNormWrapper, BatchStatNorm, SigmoidMLP, predetermined_weights
-from bnlab.report import VERDICT_TEXT, ExperimentResults, RunRecord
+from bnlab.report import (
+    VERDICT_TEXT,
+    ExperimentResults,
+    RunRecord,
+    load_reference,
+    verdict_text,
+)
 from bnlab.train import RunDir, read_metrics
 
 
@@ -183,53 +191,88 @@ def _run(
     return run_
 
 
-def _curves(acc: list[float], noise: float) -> dict[str, dict[int, float]]:
+def _series(acc: list[float], means: list[list[float]]) -> dict[str, dict[int, float]]:
+    """A run's test records: accuracy and the first 5 neurons' mean inputs every 50 steps."""
     steps = [1 + 50 * i for i in range(len(acc))]
     out: dict[str, dict[int, float]] = {"accuracy": dict(zip(steps, acc, strict=True))}
-    for n in range(5):
-        wiggle = {s: noise * (-1) ** i for i, s in enumerate(steps)}
-        out[f"z_mean_{n}"] = wiggle
-        out[f"z_p15_{n}"] = {s: v - 1 for s, v in wiggle.items()}
-        out[f"z_p85_{n}"] = {s: v + 1 for s, v in wiggle.items()}
+    for n, column in enumerate(zip(*means, strict=True)):
+        out[f"z_mean_{n}"] = dict(zip(steps, column, strict=True))
+        out[f"z_p15_{n}"] = {s: v - 1 for s, v in out[f"z_mean_{n}"].items()}
+        out[f"z_p85_{n}"] = {s: v + 1 for s, v in out[f"z_mean_{n}"].items()}
     return out
 
 
-def _results(bn_acc: list[float], plain_acc: list[float], bn_noise: float) -> ExperimentResults:
+def _like_the_original(swap: bool = False) -> ExperimentResults:
+    """bnlab runs whose numbers are those of the seed's own code, one per reference run.
+
+    With ``swap`` the BN and no-BN curves trade places and the single-example numbers go
+    wrong: a bnlab that contradicts the seed.
+    """
     results = ExperimentResults("sigmoid-mlp")
-    results.runs["no-bn"] = [_run("no-bn", 0, _curves(plain_acc, 0.2))]
-    results.runs["bn"] = [
-        _run(
-            "bn",
-            0,
-            _curves(bn_acc, bn_noise),
-            single_image_distinct_classes=1.0,
-            single_image_accuracy=0.02,
-            single_image_majority_class=8.0,
+    for record in load_reference(REFERENCE_FILE):
+        seed = int(record["seed"])
+        plain = _series(record["part1_acc"], record["part1_z2_mean5"])
+        bn = _series(record["part1_acc_BN"], record["part1_BN2_mean5"])
+        if swap:
+            plain, bn = bn, plain
+        predictions = record["part1_single100_predictions"]
+        results.runs.setdefault("no-bn", []).append(_run("no-bn", seed, plain))
+        results.runs.setdefault("bn", []).append(
+            _run(
+                "bn",
+                seed,
+                bn,
+                single_image_distinct_classes=10.0 if swap else record["part1_single100_distinct"],
+                single_image_accuracy=record["part1_single100"],
+                single_image_majority_class=float(max(set(predictions), key=predictions.count)),
+            )
         )
-    ]
-    results.runs["bn-population"] = [
-        _run(
-            "bn-population",
-            0,
-            _curves(bn_acc, 0.0),
-            single_image_accuracy=0.99,
-            inference_test_accuracy=0.953,
+        population = _series(record["part2_acc"], [[0.0] * 5] * len(record["part2_acc"]))
+        results.runs.setdefault("bn-population", []).append(
+            _run(
+                "bn-population",
+                seed,
+                population,
+                single_image_accuracy=0.5 if swap else record["part2_single100"],
+                inference_test_accuracy=record["part2_inference_test_accuracy"],
+            )
         )
-    ]
     return results
 
 
-def _verdicts(results: ExperimentResults) -> list[str]:
-    return [VERDICT_TEXT[claim.check(results).holds] for claim in SPEC.claims]
+def test_claims_hold_when_bnlab_matches_the_seeds_own_code() -> None:
+    verdicts = [claim.check(_like_the_original()) for claim in SPEC.claims]
+    n = len(load_reference(REFERENCE_FILE))
+    assert n >= 3
+    assert [verdict_text(v) for v in verdicts] == ["holds: consistent with the original"] * len(
+        SPEC.claims
+    )
+    for verdict in verdicts:
+        assert f"(n={n} runs)" in verdict.reference and f"n = {n} bnlab seeds" in verdict.basis
+    # The literal criteria are shown beside the test, and hold on the original's numbers.
+    assert "literal criterion holds" in verdicts[0].basis
+    assert "literal > 95.00%" in verdicts[4].basis
 
 
-def test_claims_hold_on_seed_like_runs_and_fail_on_contrary_ones() -> None:
-    good = _results([0.5, 0.92, 0.95, 0.97], [0.3, 0.85, 0.91, 0.94], bn_noise=0.01)
-    assert _verdicts(good) == [VERDICT_TEXT[True]] * len(SPEC.claims)
-    bad = _results([0.3, 0.80, 0.90, 0.93], [0.5, 0.92, 0.95, 0.97], bn_noise=0.5)
-    verdicts = _verdicts(bad)
-    assert verdicts[:3] == [VERDICT_TEXT[False]] * 3
-    assert _verdicts(ExperimentResults("sigmoid-mlp")) == [VERDICT_TEXT[None]] * len(SPEC.claims)
+def test_claims_fail_when_bnlab_contradicts_the_seeds_own_code() -> None:
+    verdicts = [claim.check(_like_the_original(swap=True)) for claim in SPEC.claims]
+    assert [verdict_text(v) for v in verdicts[:5]] == [
+        "bnlab worse than the original",  # BN slower to 90%
+        "bnlab worse than the original",  # BN's curve below
+        "bnlab worse than the original",  # BN's sigmoid inputs noisier
+        "bnlab differs from the original",  # 10 classes instead of one
+        "bnlab worse than the original",  # 50% one at a time
+    ]
+    assert [v.holds for v in verdicts[:5]] == [False] * 5
+    assert "literal criterion does not hold" in verdicts[0].basis
+    empty = [claim.check(ExperimentResults("sigmoid-mlp")) for claim in SPEC.claims]
+    assert [verdict_text(v) for v in empty] == [VERDICT_TEXT[None]] * len(SPEC.claims)
+
+
+def test_input_noise_is_the_mean_second_difference() -> None:
+    assert input_noise([[0.0, 1.0, 2.0, 3.0]]) == 0.0  # a steady drift is not noise
+    assert input_noise([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]) == 0.5
+    assert input_noise([[1.0, 2.0]]) is None
 
 
 @pytest.mark.slow

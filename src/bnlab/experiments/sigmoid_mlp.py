@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,9 @@ from torch import Tensor
 from bnlab.data import TrainBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.models.mlp import SigmoidMLP
-from bnlab.report.claims import describe, every_run
+from bnlab.report.claims import Quantity, Threshold, against_reference, describe, final
 from bnlab.report.plots import PALETTE, png_bytes
+from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
 from bnlab.report.results import ExperimentResults, RunRecord
 from bnlab.report.spec import Block, Claim, Curve, Figure, Metric, Paragraph, Table, Verdict
 from bnlab.train import Hook, Trainer, every, predict_one_at_a_time
@@ -387,6 +388,24 @@ def _faster_check(results: ExperimentResults) -> Verdict:
     return Verdict("first step with test accuracy >= 90%, bn vs no-bn: " + "; ".join(rows), holds)
 
 
+def input_noise(means: Sequence[Sequence[float]]) -> float | None:
+    """Noise of mean sigmoid inputs over time: mean ``|m_t - (m_{t-1} + m_{t+1}) / 2|``.
+
+    ``means[i]`` is neuron ``i``'s test-set mean input at successive measurements (every
+    50 steps); the second difference ignores a steady drift. Averaged over time and
+    neurons; ``None`` with fewer than 3 measurements.
+
+    >>> input_noise([[0.0, 1.0, 0.0, 1.0]])
+    1.0
+    """
+    values = [
+        abs(b - (a + c) / 2)
+        for series in means
+        for a, b, c in zip(series, series[1:], series[2:], strict=False)
+    ]
+    return math.fsum(values) / len(values) if values else None
+
+
 def _jitter(run: RunRecord, neurons: int = 5) -> tuple[float, float] | None:
     """Noise of the test-set mean sigmoid input over time (the seed's 5x2 grid), two ways.
 
@@ -448,42 +467,177 @@ def _constant_prediction_check(results: ExperimentResults) -> Verdict:
     return Verdict(measured, all(v == 1.0 for v in distinct))
 
 
+#: The seed's own TF1 code over several random seeds (both parts per run; shipped in
+#: ``bnlab/report/reference_runs``, measured by ``scripts/reference/measure.sh 001``).
+REFERENCE_FILE = REFERENCE_FILES["001"]
+_EVERY = 50  # the seed measures the test set when i % 50 == 0, after training batch i
+
+
+def _reference_series(key: str) -> Callable[[dict[str, Any]], dict[int, float]]:
+    """A reference run's accuracy list (``part1_acc`` ...) by bnlab step (after batch i: i+1)."""
+
+    def series(record: dict[str, Any]) -> dict[int, float]:
+        return {_EVERY * k + 1: float(v) for k, v in enumerate(record.get(key, []))}
+
+    return series
+
+
+def _bn_speedup(bn: dict[int, float], plain: dict[int, float]) -> float | None:
+    """Steps no-BN needs beyond BN to first reach 90% test accuracy (``None``: one never does)."""
+    s_bn, s_plain = _first_step_at(bn, 0.90), _first_step_at(plain, 0.90)
+    return None if s_bn is None or s_plain is None else float(s_plain - s_bn)
+
+
+def _share_at_or_above(bn: dict[int, float], plain: dict[int, float]) -> float | None:
+    """Share of the common logged steps where BN's test accuracy is at or above no-BN's."""
+    steps = sorted(set(bn) & set(plain))
+    return sum(bn[s] >= plain[s] for s in steps) / len(steps) if steps else None
+
+
+def _noise_ratio(bn: Sequence[Sequence[float]], plain: Sequence[Sequence[float]]) -> float | None:
+    """:func:`input_noise` of BN's sigmoid inputs divided by no-BN's."""
+    a, b = input_noise(bn), input_noise(plain)
+    return None if a is None or not b else a / b
+
+
+def _run_means(run: RunRecord, neurons: int = 5) -> list[list[float]]:
+    out = []
+    for i in range(neurons):
+        series = run.series(TEST_TAG, f"z_mean_{i}")
+        out.append([series[s] for s in sorted(series)])
+    return out
+
+
+def _record_means(record: dict[str, Any], key: str) -> list[list[float]]:
+    rows = record.get(key, [])
+    return [list(column) for column in zip(*rows, strict=True)] if rows else []
+
+
+def _per_pair(fn: Callable[[RunRecord, RunRecord], float | None], label: str) -> Quantity:
+    """A quantity computed per seed from its finished bn and no-bn runs."""
+
+    def values(results: ExperimentResults) -> list[float]:
+        out = [fn(bn, plain) for bn, plain in _paired(results, "bn", "no-bn")]
+        return [v for v in out if v is not None]
+
+    return Quantity(label, values)
+
+
 CLAIMS = (
     Claim(
         "With batch normalization the network learns faster: it reaches high test accuracy "
         "in fewer steps (Ioffe & Szegedy Fig. 1a).",
-        _faster_check,
-        "every seed: bn reaches 90% test accuracy at an earlier logged step than no-bn",
+        against_reference(
+            _per_pair(
+                lambda bn, plain: _bn_speedup(_accuracy_series(bn), _accuracy_series(plain)),
+                "steps no-bn needs beyond bn to first reach 90% test accuracy",
+            ),
+            Reference(
+                REFERENCE_FILE,
+                lambda r: _bn_speedup(
+                    _reference_series("part1_acc_BN")(r), _reference_series("part1_acc")(r)
+                ),
+                label="part 1",
+            ),
+            literal=_faster_check,
+            fmt="int",
+        ),
+        "bn's head start to 90% test accuracy (steps) vs the original's (permutation test, "
+        "level 0.05); literal: every seed, bn reaches 90% at an earlier logged step",
+        short="BN learns faster (reaches 90% first)",
     ),
     Claim(
         "With batch normalization the accuracy curve is higher (better accuracy).",
-        _bn_above_check,
-        "every seed: bn >= no-bn at >= 95% of the logged steps and bn > no-bn at the last one",
+        against_reference(
+            _per_pair(
+                lambda bn, plain: _share_at_or_above(_accuracy_series(bn), _accuracy_series(plain)),
+                "share of logged steps with bn at or above no-bn",
+            ),
+            Reference(
+                REFERENCE_FILE,
+                lambda r: _share_at_or_above(
+                    _reference_series("part1_acc_BN")(r), _reference_series("part1_acc")(r)
+                ),
+                label="part 1",
+            ),
+            literal=_bn_above_check,
+        ),
+        "share of logged steps where bn is at or above no-bn vs the original's (permutation "
+        "test, level 0.05); literal: every seed, bn >= no-bn at >= 95% of the logged steps "
+        "and bn > no-bn at the last one",
+        short="BN's accuracy curve is higher",
     ),
     Claim(
         "Batch normalization has a visible and significant effect of removing variance/noise "
         "in the inputs to the layer-2 sigmoids (the seed's 5x2 grid; BN2015 Fig. 1(b, c)).",
-        _stable_inputs_check,
-        "every seed: the noise of the mean sigmoid inputs over time (in sigmoid-input units) "
-        "is less than half of no-bn's; the scale-free ratio is shown for comparison",
+        against_reference(
+            _per_pair(
+                lambda bn, plain: _noise_ratio(_run_means(bn), _run_means(plain)),
+                "noise of bn's mean sigmoid inputs / no-bn's",
+            ),
+            Reference(
+                REFERENCE_FILE,
+                lambda r: _noise_ratio(
+                    _record_means(r, "part1_BN2_mean5"), _record_means(r, "part1_z2_mean5")
+                ),
+                label="part 1, BN2 / z2",
+            ),
+            literal=_stable_inputs_check,
+            better="lower",
+            fmt="float",
+        ),
+        "the ratio of the noise of the mean sigmoid inputs over time (mean |second "
+        "difference|, first 5 layer-2 neurons), bn / no-bn, vs the original's (permutation "
+        "test, level 0.05); literal: every seed, bn's noise is less than half of no-bn's",
+        short="BN removes noise in the sigmoid inputs",
     ),
     Claim(
         "With batch statistics at inference, single examples fed one at a time all get the "
         "same prediction (the seed: always 8, 2% on the first 100 test images).",
-        _constant_prediction_check,
-        "every bn seed: exactly one distinct class among the 100 single-example predictions",
+        against_reference(
+            final("bn", "single_image_distinct_classes", "bn: distinct classes, one at a time"),
+            Reference(REFERENCE_FILE, ("part1_single100_distinct",), label="part 1"),
+            literal=_constant_prediction_check,
+            better=None,
+            fmt="int",
+        ),
+        "distinct classes among bn's 100 single-example predictions vs the original's "
+        "(permutation test, level 0.05); literal: every bn seed, exactly one class",
+        short="batch statistics, one example at a time: one constant prediction",
     ),
     Claim(
         "With population statistics (EMA, decay 0.999) the rebuilt inference network "
         "classifies single examples: 99% on the first 100 test images in the seed.",
-        every_run(["bn-population"], "single_image_accuracy", above=0.95),
-        "every bn-population seed: one-at-a-time accuracy on the first 100 > 95%",
+        against_reference(
+            final(
+                "bn-population", "single_image_accuracy", "bn-population: first 100, one at a time"
+            ),
+            Reference(REFERENCE_FILE, ("part2_single100",), label="part 2"),
+            literal=Threshold(above=0.95),
+        ),
+        "bn-population's one-at-a-time accuracy on the first 100 vs the original's "
+        "(permutation test, level 0.05); literal: > 95%",
+        short="population statistics: 99% on the first 100, one at a time",
     ),
     Claim(
         "After 10,000 steps the population-statistics network reaches about 95% test "
         "accuracy (seed: 0.9532).",
-        every_run(["bn-population"], "inference_test_accuracy", above=0.94),
-        "every bn-population seed: inference-mode test accuracy > 94%",
+        against_reference(
+            final(
+                "bn-population",
+                "inference_test_accuracy",
+                "bn-population: test accuracy, rebuilt inference network",
+            ),
+            Reference(
+                REFERENCE_FILE,
+                ("part2_inference_test_accuracy",),
+                label="part 2, restored inference graph",
+            ),
+            literal=Threshold(above=0.94),
+        ),
+        "bn-population's inference-mode test accuracy vs the original's restored inference "
+        "graph (permutation test, level 0.05); literal: > 94%",
+        short="population statistics: about 95% test accuracy after 10,000 steps",
     ),
 )
 
@@ -640,7 +794,33 @@ SPEC: ExperimentSpec[SigmoidMLPConfig, Any] = ExperimentSpec(
         Metric("train_time_s", "training time", "seconds"),
     ),
     curves=(
-        Curve(TEST_TAG, "accuracy", "Test accuracy (every 50 steps)", "accuracy", fmt="pct"),
+        Curve(
+            TEST_TAG,
+            "accuracy",
+            "Test accuracy (every 50 steps)",
+            "accuracy",
+            fmt="pct",
+            references=(
+                SeriesReference(
+                    REFERENCE_FILE,
+                    _reference_series("part1_acc"),
+                    label="seed's own TF1 code, without BN",
+                    variant="no-bn",
+                ),
+                SeriesReference(
+                    REFERENCE_FILE,
+                    _reference_series("part1_acc_BN"),
+                    label="seed's own TF1 code, with BN",
+                    variant="bn",
+                ),
+                SeriesReference(
+                    REFERENCE_FILE,
+                    _reference_series("part2_acc"),
+                    label="seed's own TF1 code, batch_norm_wrapper",
+                    variant="bn-population",
+                ),
+            ),
+        ),
         Curve(
             "train",
             "loss",
