@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "precise_bn": "bnlab.norm.precise",
     "SyncBatchNorm": "bnlab.norm.sync",
     "convert_sync_batchnorm": "bnlab.norm.sync",
+    "convert_batchnorm": "bnlab.norm.interop",
     "fold_bn": "bnlab.norm.fold",
     "BatchNormReLU1d": "bnlab.norm.bn_relu",
     "BatchNormReLU2d": "bnlab.norm.bn_relu",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         normalize,
         update_running_stats,
     )
+    from bnlab.norm.interop import convert_batchnorm
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.precise import PreciseStats, precise_bn
     from bnlab.norm.registry import available_norms, get_norm, register_norm
@@ -79,6 +81,7 @@ __all__ = [
     "available_norms",
     "batch_norm",
     "batch_stats",
+    "convert_batchnorm",
     "convert_sync_batchnorm",
     "decay_from_momentum",
     "doctor",

@@ -7,6 +7,7 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 
 from __future__ import annotations
 
+from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d, fuse_bn_relu
 from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
 from bnlab.norm.doctor import DoctorReport, Finding, doctor
 from bnlab.norm.fold import fold_bn, fold_bn_weights
@@ -21,7 +22,9 @@ from bnlab.norm.functional import (
     update_running_stats,
 )
 from bnlab.norm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.norm.graph import FoldWarning, RewriteReport
 from bnlab.norm.group import GroupNorm, InstanceNorm, LayerNorm
+from bnlab.norm.interop import convert_batchnorm
 from bnlab.norm.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.precise import PreciseStats, precise_bn
 from bnlab.norm.recurrent import RecurrentBatchNorm
@@ -37,11 +40,15 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormFunction",
+    "BatchNormReLU1d",
+    "BatchNormReLU2d",
+    "BatchNormReLU3d",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
     "DoctorReport",
     "Finding",
+    "FoldWarning",
     "FrozenBatchNorm",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
@@ -52,18 +59,21 @@ __all__ = [
     "PreciseStats",
     "RecurrentBatchNorm",
     "RenormSchedule",
+    "RewriteReport",
     "SyncBatchNorm",
     "available_backends",
     "available_norms",
     "batch_norm",
     "batch_norm_reference",
     "batch_stats",
+    "convert_batchnorm",
     "convert_sync_batchnorm",
     "decay_from_momentum",
     "doctor",
     "fold_bn",
     "fold_bn_weights",
     "freeze_bn",
+    "fuse_bn_relu",
     "get_norm",
     "label_layers",
     "momentum_from_decay",

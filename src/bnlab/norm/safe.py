@@ -180,7 +180,14 @@ def snapshot_running_stats(layer: Any, active: bool) -> tuple[Tensor, ...] | Non
     if mean is None or var is None:
         return None
     shadow = layer.__dict__.get("_guard_shadow")
-    if shadow is None or shadow[3] is not mean or shadow[4] is not var:
+    # Made again when the buffers were replaced (``.to()``), or when inference mode
+    # changed: copies made inside ``torch.inference_mode()`` cannot be written outside it.
+    if (
+        shadow is None
+        or shadow[3] is not mean
+        or shadow[4] is not var
+        or shadow[0].is_inference() != torch.is_inference_mode_enabled()
+    ):
         saved = torch.empty(mean.numel() + var.numel(), dtype=mean.dtype, device=mean.device)
         shadow = (saved, torch.empty_like(saved), torch.zeros_like(saved), mean, var)
         layer.__dict__["_guard_shadow"] = shadow
@@ -277,8 +284,8 @@ def _commit_if_finite(layer: Any, new_mean: Tensor, new_var: Tensor) -> None:
         refused = (~ok).to(torch.long)
         if layer.num_batches_tracked is not None:
             layer.num_batches_tracked.sub_(refused)
-        if torch.compiler.is_exporting():  # an exported program keeps buffer updates only
-            return
+        if torch.compiler.is_exporting() or type(refused) is not Tensor:
+            return  # an exported program keeps buffer updates only; fake tensors count nothing
         if layer.refused_count.device != refused.device:  # the layer moved (eager only)
             layer.refused_count = layer.refused_count.to(refused.device)
         layer.refused_count.add_(refused)

@@ -1,0 +1,104 @@
+"""bnlab's layers among torch's tools: conversion from ``torch.nn`` batch norm, and the
+type-keyed registries that ``isinstance`` does not reach.
+
+bnlab's ``BatchNorm1d/2d/3d`` subclass torch's, so every ``isinstance``-based tool (FX
+fusers, weight-decay filters, ``nn.SyncBatchNorm.convert_sync_batchnorm``,
+``torch.func.replace_all_batch_norm_modules_``) already treats them as batch norm.
+``torch.ao.quantization.fuse_modules`` looks layers up by exact type instead; importing
+``bnlab.norm`` adds bnlab's classes to its table (:func:`register_quantization_fusers`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.quantization import fuser_method_mappings
+
+from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+
+__all__ = ["convert_batchnorm", "register_quantization_fusers"]
+
+#: torch.nn's batch-norm class -> bnlab's drop-in.
+BNLAB_CLASS: dict[type[nn.Module], type[_BatchNorm]] = {
+    nn.BatchNorm1d: BatchNorm1d,
+    nn.BatchNorm2d: BatchNorm2d,
+    nn.BatchNorm3d: BatchNorm3d,
+}
+
+
+def register_quantization_fusers() -> None:
+    """Let ``torch.ao.quantization.fuse_modules`` fuse (conv/linear, bnlab BN[, ReLU]).
+
+    Each entry of torch's default fuser table that names a ``torch.nn`` batch-norm class
+    gets a twin naming bnlab's class, with the same fuser method. Idempotent.
+    """
+    table = fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    for key, method in list(table.items()):
+        if any(t in BNLAB_CLASS for t in key):
+            twin = tuple(BNLAB_CLASS.get(t, t) for t in key)
+            table.setdefault(twin, method)
+
+
+def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:
+    """A new model in which every ``torch.nn.BatchNorm1d/2d/3d`` is bnlab's drop-in.
+
+    The new layers keep the configuration, train/eval mode, and the very Parameter and
+    buffer objects of the old ones (an optimizer built before keeps working); ``module``
+    itself keeps its layers. Other modules are copied as they are.
+
+    Args:
+        module: a model, or a single batch-norm layer.
+        **kwargs: bnlab-only keywords for the new layers (``backend=``, ``degenerate=``,
+            ``guard_nonfinite=``).
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    >>> converted = convert_batchnorm(net)
+    >>> type(converted[1]).__module__, converted[1].weight is net[1].weight
+    ('bnlab.norm.modules', True)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module; got {type(module).__name__}")
+    shared: dict[int, Any] = {
+        id(t): t for t in itertools.chain(module.parameters(), module.buffers())
+    }
+    return _convert(copy.deepcopy(module, shared), kwargs)
+
+
+def _convert(module: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
+    cls = BNLAB_CLASS.get(type(module))
+    if cls is not None:
+        return _adopt(module, cls, kwargs)
+    for name, child in module.named_children():
+        new = _convert(child, kwargs)
+        if new is not child:
+            module.add_module(name, new)
+    return module
+
+
+def _adopt(bn: Any, cls: type[_BatchNorm], kwargs: dict[str, Any]) -> _BatchNorm:
+    """A ``cls`` layer holding ``bn``'s configuration, Parameters and buffers."""
+    new = cls(
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        device="meta",
+        bias=bn.bias is not None or not bn.affine,
+        **kwargs,
+    )
+    for name in ("weight", "bias"):
+        new._parameters[name] = bn._parameters[name]
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        new._buffers[name] = bn._buffers[name]
+    reference = bn.weight if bn.weight is not None else bn.running_mean
+    device = reference.device if reference is not None else None
+    new.refused_count = torch.zeros((), dtype=torch.long, device=device)
+    return new.train(bn.training)
+
+
+register_quantization_fusers()

@@ -1,0 +1,190 @@
+"""A ResNet-18-shaped model, converted from torch's batch norm to bnlab's, through the tools a
+PyTorch user reaches for: state_dict both ways, fold_bn, fuse_bn_relu, torch's SyncBatchNorm
+converter, torch.ao's fuse_modules, an optimizer built before conversion."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import bnlab
+from bnlab.norm import convert_batchnorm, fold_bn, fuse_bn_relu
+from bnlab.norm.bn_relu import BatchNormReLU2d
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: one ReLU module used twice, a conv+BN downsample."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's layout (4 stages of 2 blocks, 20 BN layers) at small widths."""
+
+    def __init__(self, width: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**i
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _bns(model: nn.Module) -> dict[str, nn.Module]:
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+
+
+def _trained(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, then eval mode."""
+    with torch.no_grad():
+        for bn in _bns(model).values():
+            bn.weight.uniform_(0.5, 1.5)  # type: ignore[operator]
+            bn.bias.uniform_(-0.5, 0.5)  # type: ignore[operator]
+        model.train()
+        for _ in range(3):
+            model(torch.randn(4, 3, 64, 64))
+    return model.eval()
+
+
+def test_conversion_keeps_state_parameters_and_outputs() -> None:
+    torch_model = _trained(ResNet18())
+    model = convert_batchnorm(torch_model)
+    bns = _bns(model)
+    assert len(bns) == 20 and all(type(m) is bnlab.BatchNorm2d for m in bns.values())
+    assert all(isinstance(m, nn.BatchNorm2d) for m in bns.values())
+    # The same Parameter objects: an optimizer built on the torch model trains this one.
+    assert {id(p) for p in model.parameters()} == {id(p) for p in torch_model.parameters()}
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), torch_model(x), rtol=1e-5, atol=1e-6)
+    assert type(torch_model.bn1) is nn.BatchNorm2d  # the input keeps its layers
+
+
+def test_state_dict_loads_both_ways_strictly() -> None:
+    torch_model = _trained(ResNet18())
+    ours = convert_batchnorm(ResNet18())
+    ours.load_state_dict(torch_model.state_dict(), strict=True)
+    back = ResNet18()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    ours.eval(), back.eval()
+    torch.testing.assert_close(ours(x), torch_model(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(back(x), torch_model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_bn_folds_all_twenty_layers() -> None:
+    model = convert_batchnorm(_trained(ResNet18()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may be left: no FoldWarning
+        folded, report = fold_bn(model, return_report=True)
+    assert len(report.done) == 20 and not report.left, str(report)
+    assert not _bns(folded) and _bns(model)  # the input model is not changed
+    x = torch.randn(2, 3, 64, 64)
+    y, y_folded = model(x), folded(x)
+    assert float((y_folded - y).abs().max() / y.abs().max()) < 1e-5
+
+
+def test_fold_bn_says_what_it_left_and_why() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), bnlab.BatchNorm2d(4)).eval()
+    with pytest.warns(bnlab.norm.FoldWarning, match="left  2: not the only consumer"):
+        folded, report = fold_bn(model, return_report=True)
+    assert report.done == [] and list(report.left) == ["2"]
+    assert isinstance(folded[2], bnlab.BatchNorm2d)
+
+
+def test_fuse_bn_relu_fuses_every_bn_relu_pair() -> None:
+    model = convert_batchnorm(_trained(ResNet18())).train()
+    fused, report = fuse_bn_relu(model, return_report=True)
+    pairs = ["bn1"] + [f"layer{s}.{b}.bn1" for s in range(1, 5) for b in range(2)]
+    assert sorted(line.split(" + ")[0] for line in report.done) == sorted(pairs)
+    assert all(type(fused.get_submodule(name)) is BatchNormReLU2d for name in pairs)
+    # bn2 feeds the residual addition, downsample BNs feed it too: left, with the reason.
+    assert len(report.left) == 11 and all("ReLU alone" in why for why in report.left.values())
+    # The block's ReLU module is shared (after bn1 and after the addition): it stays.
+    assert type(fused.layer1[0].relu) is nn.ReLU
+    x = torch.randn(4, 3, 64, 64)
+    model_copy = convert_batchnorm(_trained(ResNet18())).train()
+    model_copy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fused(x), model_copy(x), rtol=1e-4, atol=1e-5)
+    assert type(model.bn1) is bnlab.BatchNorm2d  # the input model is not changed
+
+
+def test_torch_sync_batchnorm_converter_sees_bnlab_layers() -> None:
+    model = convert_batchnorm(ResNet18())
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == 20
+
+
+def test_torch_ao_fuse_modules_fuses_conv_bn_relu() -> None:
+    model = convert_batchnorm(_trained(ResNet18()))
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    groups = [["conv1", "bn1", "relu"]]
+    for stage in range(1, 5):
+        for block in range(2):
+            prefix = f"layer{stage}.{block}"
+            groups += [[f"{prefix}.conv1", f"{prefix}.bn1"], [f"{prefix}.conv2", f"{prefix}.bn2"]]
+    fused = torch.ao.quantization.fuse_modules(model, groups)
+    assert not isinstance(fused.layer1[0].bn1, nn.modules.batchnorm._BatchNorm)
+    torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_decay_filters_by_isinstance() -> None:
+    model = convert_batchnorm(ResNet18())
+    no_decay = [
+        p
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters(recurse=False)
+    ]
+    assert len(no_decay) == 40
+
+
+def test_convert_sync_batchnorm_keeps_parameters_for_the_optimizer() -> None:
+    model = convert_batchnorm(ResNet18())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    synced = bnlab.convert_sync_batchnorm(model)
+    before = synced.bn1.weight.detach().clone()
+    synced.train()(torch.randn(4, 3, 64, 64)).square().mean().backward()
+    opt.step()
+    assert not torch.equal(synced.bn1.weight.detach(), before)
+
+
+def test_num_features_accepts_numpy_integers() -> None:
+    np = pytest.importorskip("numpy")
+    bn = bnlab.BatchNorm2d(np.int64(4))
+    assert bn.num_features == 4 and type(bn.num_features) is int
+    with pytest.raises(TypeError, match="num_features must be an int"):
+        bnlab.BatchNorm2d(4.0)  # type: ignore[arg-type]
