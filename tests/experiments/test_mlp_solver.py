@@ -11,10 +11,10 @@ from torch import nn
 
 from bnlab.data import load_mnist, write_fake_mnist
 from bnlab.experiments import get_experiment, run_experiment
-from bnlab.experiments.mlp_solver import SPEC, MLPSolverConfig, Model, Solver
+from bnlab.experiments.mlp_solver import REFERENCE_FILE, SPEC, MLPSolverConfig, Model, Solver
 from bnlab.models.mlp import build_mlp
 from bnlab.norm import BatchNorm1d
-from bnlab.report import VERDICT_TEXT, ExperimentResults, RunRecord
+from bnlab.report import ExperimentResults, RunRecord, load_reference, verdict_text
 from bnlab.train import read_metrics
 
 
@@ -95,31 +95,63 @@ def test_both_nets_train_on_the_same_batches_with_epoch_records(
     assert checkpoint["sampler"] == other["sampler"]  # same batch stream position and seed
 
 
-def _results(bn: tuple[float, float], plain: tuple[float, float]) -> ExperimentResults:
+def _results(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> ExperimentResults:
+    """One seed per ``((bn_acc, bn_loss), (no_bn_acc, no_bn_loss))``."""
     results = ExperimentResults("mlp-solver")
-    for variant, (acc, loss) in (("bn", bn), ("no-bn", plain)):
-        results.runs[variant] = [
-            RunRecord(
-                Path(variant),
-                "mlp-solver",
-                variant,
-                0,
-                {},
-                False,
-                {},
-                {"metrics": {"test_accuracy": acc, "test_loss": loss}},
-                None,
+    for seed, pair in enumerate(pairs):
+        for variant, (acc, loss) in zip(("bn", "no-bn"), pair, strict=True):
+            results.runs.setdefault(variant, []).append(
+                RunRecord(
+                    Path(f"{variant}-{seed}"),
+                    "mlp-solver",
+                    variant,
+                    seed,
+                    {},
+                    False,
+                    {},
+                    {"metrics": {"test_accuracy": acc, "test_loss": loss}},
+                    None,
+                )
             )
-        ]
     return results
 
 
-def test_claims_hold_on_the_seeds_numbers_and_fail_otherwise() -> None:
-    seed_like = _results((0.9713, 0.1055), (0.9449, 0.2367))
-    assert [VERDICT_TEXT[c.check(seed_like).holds] for c in SPEC.claims] == [VERDICT_TEXT[True]] * 3
-    contrary = _results((0.94, 0.25), (0.97, 0.10))
-    assert [c.check(contrary).holds for c in SPEC.claims] == [False, False, False]
+def _like_the_original() -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    return [
+        (
+            (r["bn_test_accuracy"], r["bn_test_loss"]),
+            (r["nn_test_accuracy"], r["nn_test_loss"]),
+        )
+        for r in load_reference(REFERENCE_FILE)
+    ]
+
+
+def test_claims_hold_when_bnlab_matches_the_seeds_own_code() -> None:
+    same = _results(_like_the_original())
+    verdicts = [c.check(same) for c in SPEC.claims]
+    n = len(load_reference(REFERENCE_FILE))
+    assert [verdict_text(v) for v in verdicts] == ["holds: consistent with the original"] * 3
+    assert all(f"n = {n} bnlab seeds vs {n} original runs" in v.basis for v in verdicts)
+    assert verdicts[0].reference.startswith("BN − no BN, same run: ")
+    assert f"(n={n} runs)" in verdicts[0].reference
+    assert "literal criterion" in verdicts[0].basis and "literal > 96.00%" in verdicts[2].basis
+
+
+def test_claims_fail_when_bnlab_contradicts_the_seeds_own_code() -> None:
+    contrary = _results([((0.94 + d, 0.25), (0.97 + d, 0.10)) for d in (-0.002, 0.0, 0.002)])
+    verdicts = [c.check(contrary) for c in SPEC.claims]
+    assert [v.holds for v in verdicts] == [False, False, False]
+    assert [verdict_text(v) for v in verdicts] == ["bnlab worse than the original"] * 3
+    assert "literal criterion does not hold" in verdicts[0].basis
     assert SPEC.claims[0].check(ExperimentResults("mlp-solver")).holds is None
+
+
+def test_the_reference_curves_follow_the_seeds_epochs() -> None:
+    validation = next(c for c in SPEC.curves if c.key == "validation_accuracy")
+    steps, per_run = validation.references[0].curves()
+    assert steps == [1718 * (e + 1) for e in range(10)]
+    assert len(per_run) == len(load_reference(REFERENCE_FILE))
+    assert all(0.9 < v <= 1.0 for run in per_run for v in run)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from bnlab.data import TrainBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.sigmoid_mlp import threads
 from bnlab.models.mlp import build_mlp
-from bnlab.report.claims import every_run
+from bnlab.report.claims import Threshold, against_reference, final, paired
+from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Claim, Curve, Metric, Verdict
 from bnlab.train import BatchSource, FitResult, Hook, Trainer, evaluate
@@ -293,22 +294,95 @@ def _paired_check(key: str, better: str) -> Callable[[ExperimentResults], Verdic
     return check
 
 
+#: The seed's own TF1 code over several random seeds (shipped in
+#: ``bnlab/report/reference_runs``, measured by ``scripts/reference/measure.sh 002``).
+REFERENCE_FILE = REFERENCE_FILES["002"]
+_STEPS_PER_EPOCH = 55_000 // 32  # the seed's N // batch_size (1,718)
+
+
+def _reference_epochs(key: str, column: int) -> Callable[[dict[str, Any]], dict[int, float]]:
+    """A reference run's per-epoch ``key`` (``valid_accs`` ...; column 0: BN, 1: no BN) by
+    bnlab step: after epoch e is step (e + 1) * 1,718."""
+
+    def series(record: dict[str, Any]) -> dict[int, float]:
+        return {
+            (e + 1) * _STEPS_PER_EPOCH: float(pair[column])
+            for e, pair in enumerate(record.get(key, []))
+        }
+
+    return series
+
+
+def _epoch_references(key: str) -> tuple[SeriesReference, ...]:
+    return (
+        SeriesReference(
+            REFERENCE_FILE,
+            _reference_epochs(key, 0),
+            label="seed's own TF1 code, with BN",
+            variant="bn",
+        ),
+        SeriesReference(
+            REFERENCE_FILE,
+            _reference_epochs(key, 1),
+            label="seed's own TF1 code, without BN",
+            variant="no-bn",
+        ),
+    )
+
+
+def _difference(a: str, b: str) -> Callable[[dict[str, Any]], float | None]:
+    """A reference run's ``a - b`` (e.g. BN's test accuracy minus no-BN's, same run)."""
+
+    def value(record: dict[str, Any]) -> float | None:
+        x, y = record.get(a), record.get(b)
+        return float(x) - float(y) if isinstance(x, float) and isinstance(y, float) else None
+
+    return value
+
+
 CLAIMS = (
     Claim(
         "With batch normalization the test accuracy is higher (seed: 0.9713 with BN vs 0.9449 "
         "without).",
-        _paired_check("test_accuracy", "higher"),
-        "every seed: bn test accuracy > no-bn test accuracy (same seed, same batches)",
+        against_reference(
+            paired("bn", "no-bn", "test_accuracy", "bn − no-bn: test accuracy (same seed)"),
+            Reference(
+                REFERENCE_FILE,
+                _difference("bn_test_accuracy", "nn_test_accuracy"),
+                label="BN − no BN, same run",
+            ),
+            literal=_paired_check("test_accuracy", "higher"),
+        ),
+        "bn's test-accuracy lead over no-bn (same seed, same batches) vs the original's "
+        "(permutation test, level 0.05); literal: every seed, bn > no-bn",
+        short="BN: higher test accuracy than no BN",
     ),
     Claim(
         "With batch normalization the test loss is lower (seed: 0.106 vs 0.237).",
-        _paired_check("test_loss", "lower"),
-        "every seed: bn test loss < no-bn test loss",
+        against_reference(
+            paired("bn", "no-bn", "test_loss", "bn − no-bn: test loss (same seed)"),
+            Reference(
+                REFERENCE_FILE,
+                _difference("bn_test_loss", "nn_test_loss"),
+                label="BN − no BN, same run",
+            ),
+            literal=_paired_check("test_loss", "lower"),
+            better="lower",
+            fmt="float",
+        ),
+        "bn's test loss minus no-bn's (same seed) vs the original's (permutation test, "
+        "level 0.05); literal: every seed, bn < no-bn",
+        short="BN: lower test loss than no BN",
     ),
     Claim(
         "The BN network reaches about 97% test accuracy after 10 epochs.",
-        every_run(["bn"], "test_accuracy", above=0.96),
-        "every bn seed: test accuracy > 96%",
+        against_reference(
+            final("bn", "test_accuracy", "bn: test accuracy after 10 epochs"),
+            Reference(REFERENCE_FILE, ("bn_test_accuracy",), label="with BN"),
+            literal=Threshold(above=0.96),
+        ),
+        "bn's test accuracy vs the original's (permutation test, level 0.05); literal: > 96%",
+        short="BN: about 97% test accuracy after 10 epochs",
     ),
 )
 
@@ -335,10 +409,36 @@ SPEC: ExperimentSpec[MLPSolverConfig, Any] = ExperimentSpec(
         Metric("train_time_s", "training time", "seconds"),
     ),
     curves=(
-        Curve(EPOCH_TAG, "train_loss", "Training Loss at Epoch", "loss"),
-        Curve(EPOCH_TAG, "train_accuracy", "Training Acc at Epoch", "accuracy", fmt="pct"),
-        Curve(EPOCH_TAG, "validation_loss", "Validation Loss at Epoch", "loss"),
-        Curve(EPOCH_TAG, "validation_accuracy", "Validation Acc at Epoch", "accuracy", fmt="pct"),
+        Curve(
+            EPOCH_TAG,
+            "train_loss",
+            "Training Loss at Epoch",
+            "loss",
+            references=_epoch_references("train_losses"),
+        ),
+        Curve(
+            EPOCH_TAG,
+            "train_accuracy",
+            "Training Acc at Epoch",
+            "accuracy",
+            fmt="pct",
+            references=_epoch_references("train_accs"),
+        ),
+        Curve(
+            EPOCH_TAG,
+            "validation_loss",
+            "Validation Loss at Epoch",
+            "loss",
+            references=_epoch_references("valid_losses"),
+        ),
+        Curve(
+            EPOCH_TAG,
+            "validation_accuracy",
+            "Validation Acc at Epoch",
+            "accuracy",
+            fmt="pct",
+            references=_epoch_references("valid_accs"),
+        ),
     ),
     claims=CLAIMS,
     notes=(
