@@ -12,6 +12,7 @@ Usage: TF_USE_LEGACY_KERAS=1 python tf1_seed002_ref.py SEED OUT.jsonl
 """
 import json  # + ref
 import os  # + ref
+import random  # + ref
 import sys  # + ref
 import time  # + ref
 import types  # + ref
@@ -35,6 +36,10 @@ from tensorflow.examples.tutorials.mnist import input_data  # noqa: E402  (the s
 tf.disable_eager_execution()  # + ref: TF1 graph mode
 tf.contrib = types.SimpleNamespace(layers=types.SimpleNamespace(flatten=tf.layers.flatten))  # + ref
 np.random.seed(SEED)  # + ref: next_batch shuffles with numpy's global RNG
+# + ref: tf-keras draws the seeds of tf.layers' initializers from Python's `random`, not
+# from the graph seed: seed it too, or a seed number does not repeat its run (added after
+# the shipped seed-002 runs were measured; they are independent draws either way).
+random.seed(SEED)  # + ref
 
 mnist = input_data.read_data_sets("MNIST_data/", one_hot=True)
 
