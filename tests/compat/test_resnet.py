@@ -8,57 +8,12 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import bnlab
+from bnlab.models.resnet import ResNet18
 from bnlab.norm import convert_batchnorm, fold_bn, fuse_bn_relu
 from bnlab.norm.bn_relu import BatchNormReLU2d
-
-
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: one ReLU module used twice, a conv+BN downsample."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
-    """ResNet-18's layout (4 stages of 2 blocks, 20 BN layers) at small widths."""
-
-    def __init__(self, width: int = 8, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stages, cin = [], width
-        for i, stride in enumerate((1, 2, 2, 2)):
-            cout = width * 2**i
-            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
-            cin = cout
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 def _bns(model: nn.Module) -> dict[str, nn.Module]:
@@ -80,7 +35,7 @@ def _trained(model: nn.Module) -> nn.Module:
 
 
 def test_conversion_keeps_state_parameters_and_outputs() -> None:
-    torch_model = _trained(ResNet18())
+    torch_model = _trained(ResNet18(width=8))
     model = convert_batchnorm(torch_model)
     bns = _bns(model)
     assert len(bns) == 20 and all(type(m) is bnlab.BatchNorm2d for m in bns.values())
@@ -93,10 +48,10 @@ def test_conversion_keeps_state_parameters_and_outputs() -> None:
 
 
 def test_state_dict_loads_both_ways_strictly() -> None:
-    torch_model = _trained(ResNet18())
-    ours = convert_batchnorm(ResNet18())
+    torch_model = _trained(ResNet18(width=8))
+    ours = convert_batchnorm(ResNet18(width=8))
     ours.load_state_dict(torch_model.state_dict(), strict=True)
-    back = ResNet18()
+    back = ResNet18(width=8)
     back.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)
     ours.eval(), back.eval()
@@ -105,7 +60,7 @@ def test_state_dict_loads_both_ways_strictly() -> None:
 
 
 def test_fold_bn_folds_all_twenty_layers() -> None:
-    model = convert_batchnorm(_trained(ResNet18()))
+    model = convert_batchnorm(_trained(ResNet18(width=8)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may be left: no FoldWarning
         folded, report = fold_bn(model, return_report=True)
@@ -125,7 +80,7 @@ def test_fold_bn_says_what_it_left_and_why() -> None:
 
 
 def test_fuse_bn_relu_fuses_every_bn_relu_pair() -> None:
-    model = convert_batchnorm(_trained(ResNet18())).train()
+    model = convert_batchnorm(_trained(ResNet18(width=8))).train()
     fused, report = fuse_bn_relu(model, return_report=True)
     pairs = ["bn1"] + [f"layer{s}.{b}.bn1" for s in range(1, 5) for b in range(2)]
     assert sorted(line.split(" + ")[0] for line in report.done) == sorted(pairs)
@@ -135,20 +90,20 @@ def test_fuse_bn_relu_fuses_every_bn_relu_pair() -> None:
     # The block's ReLU module is shared (after bn1 and after the addition): it stays.
     assert type(fused.layer1[0].relu) is nn.ReLU
     x = torch.randn(4, 3, 64, 64)
-    model_copy = convert_batchnorm(_trained(ResNet18())).train()
+    model_copy = convert_batchnorm(_trained(ResNet18(width=8))).train()
     model_copy.load_state_dict(model.state_dict())
     torch.testing.assert_close(fused(x), model_copy(x), rtol=1e-4, atol=1e-5)
     assert type(model.bn1) is bnlab.BatchNorm2d  # the input model is not changed
 
 
 def test_torch_sync_batchnorm_converter_sees_bnlab_layers() -> None:
-    model = convert_batchnorm(ResNet18())
+    model = convert_batchnorm(ResNet18(width=8))
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == 20
 
 
 def test_torch_ao_fuse_modules_fuses_conv_bn_relu() -> None:
-    model = convert_batchnorm(_trained(ResNet18()))
+    model = convert_batchnorm(_trained(ResNet18(width=8)))
     x = torch.randn(2, 3, 64, 64)
     expected = model(x)
     groups = [["conv1", "bn1", "relu"]]
@@ -162,7 +117,7 @@ def test_torch_ao_fuse_modules_fuses_conv_bn_relu() -> None:
 
 
 def test_weight_decay_filters_by_isinstance() -> None:
-    model = convert_batchnorm(ResNet18())
+    model = convert_batchnorm(ResNet18(width=8))
     no_decay = [
         p
         for m in model.modules()
@@ -173,7 +128,7 @@ def test_weight_decay_filters_by_isinstance() -> None:
 
 
 def test_convert_sync_batchnorm_keeps_parameters_for_the_optimizer() -> None:
-    model = convert_batchnorm(ResNet18())
+    model = convert_batchnorm(ResNet18(width=8))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     synced = bnlab.convert_sync_batchnorm(model)
     before = synced.bn1.weight.detach().clone()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from bnlab.bench.compiled import CompiledRow, compiled_rows
 from bnlab.bench.machine import measure_quietly
 from bnlab.bench.nets import deep_cnn_step, fold_latency
 from bnlab.bench.roofline import MODES
@@ -42,6 +43,7 @@ class BenchConfig:
     backends: tuple[str, ...] = BACKENDS
     budget_s: float = 1.0  # seconds of interleaved rounds per (shape, layout, mode)
     nets: bool = True  # also the deep-CNN training step and fold_bn latency
+    compiled: bool = True  # also the compiled rows (torch.compile; not with quick unless asked)
     quick: bool = False  # tiny shapes and networks, 3 rounds: a smoke run of every path
     stat: str = "median"  # statistic of the table and claims: "median" or "min" (see timing)
     quiet: bool = False  # wait for a quiet machine before each case, retry disturbed ones
@@ -57,13 +59,18 @@ class BenchConfig:
 
 
 def check_claims(
-    cases: Sequence[CaseResult], nets: dict[str, Any] | None, stat: str = "median"
+    cases: Sequence[CaseResult],
+    nets: dict[str, Any] | None,
+    stat: str = "median",
+    compiled: Sequence[CompiledRow] = (),
 ) -> list[dict[str, Any]]:
     """The measured value and verdict of each performance claim the data can speak to.
 
     * fused fwd+bwd and inference within 1.5x of the roofline at 64x64x56x56 float32;
     * bnlab's default ("auto") path at most 5% slower than torch on every case;
-    * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN.
+    * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN;
+    * compiled: bnlab faster than compiled torch BN on the large layers, and bnlab (eager
+      and compiled) nowhere slower than torch by more than max(5%, 3 us) per call.
 
     Case ratios use each case's own statistic; the network ratios use ``stat``.
     """
@@ -116,6 +123,46 @@ def check_claims(
                 "holds": ratios["bnlab-bn/torch-bn"] < 1.0,
             }
         )
+    claims += _compiled_claims(compiled)
+    return claims
+
+
+def _compiled_claims(rows: Sequence[CompiledRow]) -> list[dict[str, Any]]:
+    claims: list[dict[str, Any]] = []
+    layers = [r for r in rows if r.what.startswith("layer")]
+    if layers:
+        worst = max(layers, key=lambda r: r.ratio("bnlab-compiled", "torch-compiled"))
+        value = worst.ratio("bnlab-compiled", "torch-compiled")
+        claims.append(
+            {
+                "claim": "compiled: bnlab faster than compiled torch BN on the large layers",
+                "measured": round(value, 3),
+                "worst_case": f"{worst.what} {worst.layout}",
+                "holds": value < 1.0,
+            }
+        )
+    for mode, (ours, theirs) in {
+        "eager": ("bnlab", "torch"),
+        "compiled": ("bnlab-compiled", "torch-compiled"),
+    }.items():
+        if not rows:
+            break
+
+        def excess(r: CompiledRow, ours: str = ours, theirs: str = theirs) -> float:
+            # How far past the allowance (max of 5% and 3 us) a row is; <= 0 holds.
+            allowed = max(0.05 * r.times[theirs].median, 3e-6)
+            return r.times[ours].median - r.times[theirs].median - allowed
+
+        worst = max(rows, key=excess)
+        claims.append(
+            {
+                "claim": f"{mode}: bnlab nowhere slower than torch by more than max(5%, 3 us)",
+                "measured": round(worst.ratio(ours, theirs), 3),
+                "worst_case": f"{worst.what} {worst.layout}",
+                "worst_gap_us": round(worst.gap_us(ours, theirs), 1),
+                "holds": excess(worst) <= 0,
+            }
+        )
     return claims
 
 
@@ -133,7 +180,7 @@ def run_benchmark(
 
     Returns:
         ``{"config", "environment", "warmup_s", "cases": [...], "nets": {...} | None,
-        "claims": [...]}`` (see :meth:`CaseResult.as_dict` for a case).
+        "compiled": [...], "claims": [...]}`` (see :meth:`CaseResult.as_dict` for a case).
 
     Raises:
         UnknownNameError: an unknown shape set, layout, mode or backend.
@@ -173,13 +220,20 @@ def run_benchmark(
             fold, level, attempts = measure_quietly(fold_latency, quiet=config.quiet)
             fold |= {"interference": level, "attempts": attempts}
         nets = {"deep_cnn_step": step, "fold_latency": fold}
+    compiled: list[CompiledRow] = []
+    if config.compiled:
+        if config.quick:
+            compiled = compiled_rows(quick=True, budget_s=0.0, min_rounds=2, max_rounds=2)
+        else:
+            compiled = compiled_rows(budget_s=config.budget_s * 2)
     return {
         "config": {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra,
         "environment": capture_environment(),
         "warmup_s": warmup_s,
         "cases": [r.as_dict() for r in cases],
         "nets": nets,
-        "claims": check_claims(cases, nets, config.stat),
+        "compiled": [row.as_dict() for row in compiled],
+        "claims": check_claims(cases, nets, config.stat, compiled),
     }
 
 

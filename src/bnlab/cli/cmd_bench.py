@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds of interleaved timing rounds per case (default 1.0)",
     )
     parser.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time torch BN vs bnlab BN eager and under torch.compile (layers, a ResNet-18 "
+        "step); default: on, off with --quick",
+    )
+    parser.add_argument(
         "--no-nets",
         action="store_true",
         help="skip the deep-CNN training step and fold_bn latency benchmarks",
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         backends=tuple(args.backends),
         budget_s=args.budget,
         nets=not args.no_nets,
+        compiled=args.compiled if args.compiled is not None else not args.quick,
         quick=args.quick,
         stat=args.stat,
         quiet=args.quiet,
@@ -162,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
     if document["nets"] is not None:
         print()
         print(format_nets(document["nets"], args.stat))
+    if document["compiled"]:
+        from bnlab.bench.compiled import format_compiled
+
+        print()
+        print(format_compiled(document["compiled"]))
     print()
     print("claims:")
     print(format_claims(document["claims"]))
