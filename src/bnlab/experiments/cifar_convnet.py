@@ -350,16 +350,19 @@ CLAIMS = (
         "channel, 2 of them trainable).",
         _summary_check,
         "exactly (553,850, 553,626, 224) for both variants",
+        short="553,850 parameters, 553,626 trainable, 224 not",
     ),
     Claim(
         "BN before the activation: test accuracy 0.759 after 10 epochs (train 0.836).",
         _accuracy_claim("bn-before", 0.759),
         "every bn-before seed: test accuracy > 72.9% (seed value - 3 points)",
+        short="BN before the activation: 0.759 test accuracy",
     ),
     Claim(
         "BN after the activation: test accuracy 0.758 after 10 epochs (train 0.869).",
         _accuracy_claim("bn-after", 0.758),
         "every bn-after seed: test accuracy > 72.8% (seed value - 3 points)",
+        short="BN after the activation: 0.758 test accuracy",
     ),
 )
 

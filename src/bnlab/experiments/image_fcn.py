@@ -487,6 +487,7 @@ CLAIMS = (
         _params_check,
         "every run: no pop_* tensor among the parameters or the optimizer's tensors, and "
         "the population statistics exist as buffers",
+        short="population statistics are not trainable",
     ),
     Claim(
         "The population mean and variance are updated on every training call and can be "
@@ -494,17 +495,20 @@ CLAIMS = (
         _population_check,
         "every run: one population record per epoch in metrics.jsonl and the printed lines "
         "in artefacts/population_stats.txt",
+        short="population statistics updated every training call, printed per epoch",
     ),
     Claim(
         "The output is a 512x512x3 tensor, saved as an image and viewable.",
         _output_check,
         "every run: artefacts/output.png is an RGB image of the configured size (512x512)",
+        short="the 512x512x3 output is saved as a viewable image",
     ),
     Claim(
         "(Our target) Trained to denoise, the network improves a held-out noisy photograph "
         "in inference mode (population statistics).",
         _denoise_check,
         "every run: output PSNR > noisy-input PSNR + 1 dB on the held-out photograph",
+        short="(our target) denoising improves a held-out photograph",
     ),
 )
 
