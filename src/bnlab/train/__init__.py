@@ -10,10 +10,11 @@ from bnlab.train.env import capture_environment, git_revision
 from bnlab.train.errors import NonFiniteLossError, RunConflictError
 from bnlab.train.evaluate import eval_mode, evaluate, predict, predict_one_at_a_time
 from bnlab.train.io import read_json, torch_save_atomic, write_json_atomic, write_text_atomic
-from bnlab.train.loop import BatchSource, FitResult, Hook, HookContext, Trainer, every
+from bnlab.train.loop import FitResult, Hook, HookContext, Trainer, every
 from bnlab.train.metrics import MetricsLog, read_metrics
 from bnlab.train.progress import progress_bar, progress_enabled
 from bnlab.train.rundir import RunDir
+from bnlab.train.source import BatchSource
 
 __all__ = [
     "BatchSource",

@@ -14,15 +14,13 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bnlab.errors import BnlabError
-
-if TYPE_CHECKING:  # loop.py imports this module; the protocol is for annotations only
-    from bnlab.train.loop import BatchSource
+from bnlab.train.source import BatchSource
 
 __all__ = [
     "DataParallel",

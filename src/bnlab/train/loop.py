@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,18 +23,7 @@ from bnlab.train.errors import NonFiniteLossError
 from bnlab.train.metrics import MetricsLog
 from bnlab.train.progress import progress_bar
 from bnlab.train.rundir import RunDir
-
-
-class BatchSource(Protocol):
-    """What the trainer draws batches from: a seeded sampler whose state can be saved."""
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        """Return the next ``(inputs, targets)`` batch."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+from bnlab.train.source import BatchSource
 
 
 @dataclass(frozen=True)
