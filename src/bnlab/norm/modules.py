@@ -99,7 +99,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         """Type, rank (``_check_input_dim``) and channel count of ``input``."""
         _validation.check_float_tensor("input", input)
         self._check_input_dim(input)
-        _validation.check_channels(type(self).__name__, self.num_features, input)
+        if input.shape[1] != self.num_features:
+            _validation.check_channels(type(self).__name__, self.num_features, input)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

@@ -180,16 +180,11 @@ def snapshot_running_stats(layer: Any, active: bool) -> tuple[Tensor, ...] | Non
     if mean is None or var is None:
         return None
     shadow = layer.__dict__.get("_guard_shadow")
-    # Made again when the buffers were replaced (``.to()``), or when inference mode
-    # changed: copies made inside ``torch.inference_mode()`` cannot be written outside it.
-    if (
-        shadow is None
-        or shadow[3] is not mean
-        or shadow[4] is not var
-        or shadow[0].is_inference() != torch.is_inference_mode_enabled()
-    ):
-        saved = torch.empty(mean.numel() + var.numel(), dtype=mean.dtype, device=mean.device)
-        shadow = (saved, torch.empty_like(saved), torch.zeros_like(saved), mean, var)
+    if shadow is None or shadow[3] is not mean or shadow[4] is not var:
+        # Normal tensors even inside torch.inference_mode() (writable in and out of it).
+        with torch.inference_mode(False):
+            saved = torch.empty(mean.numel() + var.numel(), dtype=mean.dtype, device=mean.device)
+            shadow = (saved, torch.empty_like(saved), torch.zeros_like(saved), mean, var)
         layer.__dict__["_guard_shadow"] = shadow
     torch.cat((mean, var), out=shadow[0])
     return shadow
@@ -232,16 +227,6 @@ def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
     )
 
 
-def _host_checked(input: Tensor) -> bool:
-    """Whether reading a value of ``input``'s computation costs nothing: plain eager CPU."""
-    return (
-        type(input) is Tensor
-        and input.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-    )
-
-
 def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | None:
     """Start the non-finite guard for one forward of ``layer`` on ``input``.
 
@@ -252,7 +237,14 @@ def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | N
     """
     if not (tracking and layer.guard_nonfinite):
         return None
-    if _host_checked(input):
+    # Plain eager CPU, where reading a value costs no device sync: the host check.
+    # (is_compiling first: under dynamo it is constant True and the rest is not traced.)
+    if (
+        type(input) is Tensor
+        and input.is_cpu
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_tracing()
+    ):
         shadow = snapshot_running_stats(layer, True)
         return None if shadow is None else (True, shadow)
     mean, var = layer.running_mean, layer.running_var
