@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.fx import Proxy
 
 from bnlab.norm import _validation, dispatch, safe
 from bnlab.norm.functional import batch_norm, resolve_momentum
@@ -120,7 +121,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         return super().train(mode)
 
     def forward(self, input: Tensor) -> Tensor:
-        if isinstance(input, torch.fx.Proxy):  # symbolic tracing: one call_module node
+        if isinstance(input, Proxy):  # symbolic tracing: one call_module node
             return _fx_leaf(self, input)
         self._check_input(input)
         # Buffers read once from the dict: nn.Module attribute lookups of buffers are slow
@@ -219,7 +220,7 @@ def as_torch_batch_norm(
     return twin.train(layer.training)
 
 
-def _fx_leaf(layer: nn.Module, input: torch.fx.Proxy) -> torch.fx.Proxy:
+def _fx_leaf(layer: nn.Module, input: Proxy) -> Proxy:
     """Record ``layer(input)`` as one ``call_module`` node, as FX does for torch's layers.
 
     The traced ``GraphModule`` then calls this very layer (its kernels, its guard), and FX
