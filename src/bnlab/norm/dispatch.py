@@ -91,6 +91,10 @@ def get_backend(name: str) -> Callable[..., Tensor]:
 # layout, and least bytes for inference. Below them fixed costs (Python glue, thread
 # wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
 _FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 20, "channels_last": 1 << 19}
+# Under torch.compile the rival is inductor's generated code, which fuses batch norm with
+# its neighbours; the opaque kernel wins only on larger tensors (docs/performance.md,
+# "Compiled").
+_FUSED_MIN_TRAIN_NUMEL_COMPILED = {"contiguous": 1 << 22, "channels_last": 1 << 20}
 # Inference is one read and one write either way; the fused path wins once the output
 # is larger than glibc's 32 MB mmap limit, where PyTorch's fresh output page-faults and
 # the kernel's pooled output does not.
@@ -102,10 +106,11 @@ _FUSED_MIN_NUMEL = min(*_FUSED_MIN_TRAIN_NUMEL.values(), _FUSED_MIN_EVAL_BYTES /
 def _auto_rule(input: Tensor, training: bool) -> str:
     """Which backend ``"auto"`` means for this call. Extend this rule, and only this one.
 
-    ``"fused"`` (bnlab's numba kernels, ``bnlab.norm.kernels``) for CPU float32/float64
-    inputs large enough that it wins: training on at least
-    ``_FUSED_MIN_TRAIN_NUMEL[layout]`` values, inference on at least
-    ``_FUSED_MIN_EVAL_BYTES``. ``"native"`` (``torch.nn.functional.batch_norm``)
+    ``"fused"`` (bnlab's numba kernels as the operator ``bnlab::fused_batch_norm``) for
+    CPU float32/float64 inputs large enough that it wins: training on at least
+    ``_FUSED_MIN_TRAIN_NUMEL[layout]`` values (``_FUSED_MIN_TRAIN_NUMEL_COMPILED`` while
+    ``torch.compile`` traces), inference on at least ``_FUSED_MIN_EVAL_BYTES``.
+    ``"native"`` (``torch.nn.functional.batch_norm``)
     otherwise: CUDA, half precision, and small tensors. Native's known weakness: float32
     batches with a mean far larger than their spread (mean 1e4, std 1e-2) lose about 5%
     of a standard deviation; ``"reference"`` and ``"fused"`` keep those exact (see
@@ -117,7 +122,9 @@ def _auto_rule(input: Tensor, training: bool) -> str:
         return "native"
     if training:
         layout = "contiguous" if input.is_contiguous() else "channels_last"
-        return "fused" if input.numel() >= _FUSED_MIN_TRAIN_NUMEL[layout] else "native"
+        compiled = torch.compiler.is_compiling()
+        least = (_FUSED_MIN_TRAIN_NUMEL_COMPILED if compiled else _FUSED_MIN_TRAIN_NUMEL)[layout]
+        return "fused" if input.numel() >= least else "native"
     nbytes = input.numel() * input.element_size()
     return "fused" if nbytes >= _FUSED_MIN_EVAL_BYTES else "native"
 
