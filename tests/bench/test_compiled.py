@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnlab.bench.compiled import CANDIDATES, CompiledRow, _layer_candidates, format_compiled
+from bnlab.bench.compiled import (
+    CANDIDATES,
+    LAYER_SHAPES,
+    CompiledRow,
+    _layer_candidates,
+    format_compiled,
+)
 from bnlab.bench.report import check_claims
 from bnlab.bench.timing import Timing
 from bnlab.cli.main import main
@@ -20,7 +26,7 @@ def _row(what: str, **per_call_us: float) -> CompiledRow:
         name: Timing(us * 1e-6, us * 1e-6, us * 1e-6, 3, 1, us * 1e-6, (us * 1e-6,) * 3)
         for name, us in per_call_us.items()
     }
-    return CompiledRow(what, (1, 2, 3, 4), "contiguous", times)
+    return CompiledRow(what, LAYER_SHAPES[0], "contiguous", times)
 
 
 def test_claims_allow_five_percent_or_three_microseconds() -> None:
@@ -39,7 +45,9 @@ def test_claims_allow_five_percent_or_three_microseconds() -> None:
     assert eager["worst_gap_us"] == pytest.approx(60.0)
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(
+    "training", [pytest.param(True, marks=pytest.mark.slow), False], ids=["train", "eval"]
+)
 def test_the_four_candidates_compute_the_same_batch_norm(training: bool) -> None:
     torch._dynamo.reset()
     candidates = _layer_candidates((4, 8, 6, 6), "channels_last", training)

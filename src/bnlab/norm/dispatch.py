@@ -90,7 +90,7 @@ def get_backend(name: str) -> Callable[..., Tensor]:
 # (docs/performance.md): least values for training (forward and backward both win) per
 # layout, and least bytes for inference. Below them fixed costs (Python glue, thread
 # wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
-_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 20, "channels_last": 1 << 19}
+_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 20, "channels_last": 1 << 20}
 # Under torch.compile the rival is inductor's generated code, which fuses batch norm with
 # its neighbours; the opaque kernel wins only on larger tensors (docs/performance.md,
 # "Compiled").
