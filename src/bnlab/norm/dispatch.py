@@ -90,11 +90,22 @@ def get_backend(name: str) -> Callable[..., Tensor]:
 # (docs/performance.md): least values for training (forward and backward both win) per
 # layout, and least bytes for inference. Below them fixed costs (Python glue, thread
 # wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
-_FUSED_MIN_TRAIN_NUMEL = {"contiguous": 1 << 20, "channels_last": 1 << 20}
+# torch's channels-last training kernel is fast only when C is a multiple of 16 (its
+# vector width here); with other channel counts it is several times slower, so the
+# fused kernel wins from a few ten thousand values ("channels_last_odd").
+_FUSED_MIN_TRAIN_NUMEL = {
+    "contiguous": 1 << 20,
+    "channels_last": 1 << 20,
+    "channels_last_odd": 1 << 15,
+}
 # Under torch.compile the rival is inductor's generated code, which fuses batch norm with
 # its neighbours; the opaque kernel wins only on larger tensors (docs/performance.md,
 # "Compiled").
-_FUSED_MIN_TRAIN_NUMEL_COMPILED = {"contiguous": 1 << 22, "channels_last": 1 << 20}
+_FUSED_MIN_TRAIN_NUMEL_COMPILED = {
+    "contiguous": 1 << 22,
+    "channels_last": 1 << 20,
+    "channels_last_odd": 1 << 20,
+}
 # Inference is one read and one write either way; the fused path wins once the output
 # is larger than glibc's 32 MB mmap limit, where PyTorch's fresh output page-faults and
 # the kernel's pooled output does not.
@@ -121,7 +132,10 @@ def _auto_rule(input: Tensor, training: bool) -> str:
     if input.dtype not in (torch.float32, torch.float64):
         return "native"
     if training:
-        layout = "contiguous" if input.is_contiguous() else "channels_last"
+        if input.is_contiguous():
+            layout = "contiguous"
+        else:
+            layout = "channels_last" if input.shape[1] % 16 == 0 else "channels_last_odd"
         compiled = torch.compiler.is_compiling()
         least = (_FUSED_MIN_TRAIN_NUMEL_COMPILED if compiled else _FUSED_MIN_TRAIN_NUMEL)[layout]
         return "fused" if input.numel() >= least else "native"
