@@ -15,10 +15,10 @@ from typing import Literal, overload
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation, dispatch
+from bnlab.norm import dispatch
 from bnlab.norm.graph import FoldWarning, RewriteReport, find_pairs
 from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, as_torch_batch_norm
-from bnlab.norm.ops import batch_norm_fused
+from bnlab.norm.ops import fused_batch_norm
 
 __all__ = ["BatchNormReLU1d", "BatchNormReLU2d", "BatchNormReLU3d", "fuse_bn_relu"]
 
@@ -35,18 +35,8 @@ class _ReLUAfter:
         momentum: float,
     ) -> Tensor:
         backend = dispatch.resolve_backend(self.backend, input, training)  # type: ignore[attr-defined]
-        if backend == "fused" and input.numel() > 0:
-            _validation.check_batch_norm_args(
-                input,
-                running_mean,
-                running_var,
-                self.weight,  # type: ignore[attr-defined]
-                self.bias,  # type: ignore[attr-defined]
-                training,
-                momentum,
-                self.eps,  # type: ignore[attr-defined]
-            )
-            return batch_norm_fused(
+        if backend == "fused":  # one pass for both (validated like batch_norm)
+            return fused_batch_norm(
                 input,
                 running_mean,
                 running_var,

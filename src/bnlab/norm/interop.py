@@ -14,11 +14,16 @@ import copy
 import itertools
 from typing import Any
 
-import torch
 from torch import nn
 from torch.ao.quantization import fuser_method_mappings
 
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.norm.modules import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    _BatchNorm,
+    as_torch_batch_norm,
+)
 
 __all__ = ["convert_batchnorm", "register_quantization_fusers"]
 
@@ -71,34 +76,12 @@ def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:
 def _convert(module: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
     cls = BNLAB_CLASS.get(type(module))
     if cls is not None:
-        return _adopt(module, cls, kwargs)
+        return as_torch_batch_norm(module, cls, **kwargs)  # type: ignore[arg-type]
     for name, child in module.named_children():
         new = _convert(child, kwargs)
         if new is not child:
             module.add_module(name, new)
     return module
-
-
-def _adopt(bn: Any, cls: type[_BatchNorm], kwargs: dict[str, Any]) -> _BatchNorm:
-    """A ``cls`` layer holding ``bn``'s configuration, Parameters and buffers."""
-    new = cls(
-        bn.num_features,
-        bn.eps,
-        bn.momentum,
-        bn.affine,
-        bn.track_running_stats,
-        device="meta",
-        bias=bn.bias is not None or not bn.affine,
-        **kwargs,
-    )
-    for name in ("weight", "bias"):
-        new._parameters[name] = bn._parameters[name]
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        new._buffers[name] = bn._buffers[name]
-    reference = bn.weight if bn.weight is not None else bn.running_mean
-    device = reference.device if reference is not None else None
-    new.refused_count = torch.zeros((), dtype=torch.long, device=device)
-    return new.train(bn.training)
 
 
 register_quantization_fusers()

@@ -8,6 +8,8 @@ the fused kernels) and adds the safe-statistics policies. Subclasses differ only
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.fx import Proxy
@@ -198,11 +200,14 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def as_torch_batch_norm(
-    layer: nn.modules.batchnorm._BatchNorm, cls: type[nn.modules.batchnorm._BatchNorm]
+    layer: nn.modules.batchnorm._BatchNorm,
+    cls: type[nn.modules.batchnorm._BatchNorm],
+    **kwargs: Any,
 ) -> nn.modules.batchnorm._BatchNorm:
-    """A ``cls`` (a ``torch.nn`` batch-norm class) sharing ``layer``'s parameters and buffers.
+    """A ``cls`` layer (torch's or bnlab's) holding ``layer``'s configuration, mode, and its
+    very Parameter and buffer objects (not copies: training either one moves both).
 
-    The same tensors, not copies: training either one moves both.
+    ``kwargs`` go to ``cls`` (bnlab's keyword-only extras, e.g. ``backend=``).
     """
     twin = cls(
         layer.num_features,
@@ -211,12 +216,17 @@ def as_torch_batch_norm(
         layer.affine,
         layer.track_running_stats,
         device="meta",
-        bias=layer.bias is not None,
+        bias=layer.bias is not None or not layer.affine,
+        **kwargs,
     )
     for name in ("weight", "bias"):
         twin._parameters[name] = layer._parameters[name]
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         twin._buffers[name] = layer._buffers[name]
+    if isinstance(twin, _BatchNorm):  # its refusal count lives where the layer does
+        reference = layer.weight if layer.weight is not None else layer.running_mean
+        device = reference.device if reference is not None else None
+        twin.refused_count = torch.zeros((), dtype=torch.long, device=device)
     return twin.train(layer.training)
 
 
