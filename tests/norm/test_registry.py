@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -127,18 +124,3 @@ def test_register_backend_routes_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="single value"):
         batch_norm(torch.randn(1, 3), None, None, training=True, backend="spy")
     assert calls == [True]
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "bnlab.norm.functional",
-        "bnlab.norm.reference",
-        "bnlab.norm.modules",
-        "bnlab.norm.dispatch",
-        "bnlab.norm.registry",
-    ],
-)
-def test_docstring_examples_run(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0, f"{result.failed} failing example(s) in {module}"
