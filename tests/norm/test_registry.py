@@ -49,8 +49,12 @@ def test_kwargs_reach_the_layer_and_decay_works_for_both_bns() -> None:
     assert isinstance(bn, BatchNorm2d) and isinstance(tbn, nn.BatchNorm2d)
     assert bn.eps == tbn.eps == 1e-3 and not bn.affine
     assert bn.momentum == pytest.approx(0.01) and tbn.momentum == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="either momentum or decay"):
-        get_norm("torch-bn", 8, momentum=0.1, decay=0.99)
+    # One rule for both (core.resolve_momentum): a momentum other than the default
+    # together with decay is ambiguous and refused; the default is not "given".
+    for name in ("bn", "torch-bn"):
+        with pytest.raises(ValueError, match="either momentum"):
+            get_norm(name, 8, momentum=0.5, decay=0.99)
+        assert get_norm(name, 8, momentum=0.1, decay=0.99).momentum == pytest.approx(0.01)
     assert isinstance(get_norm("none", 8, eps=1e-3, decay=0.99), nn.Identity)
 
 

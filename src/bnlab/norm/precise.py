@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from bnlab.norm.core import batch_stats
+from bnlab.norm.core import batch_stats, merge_moments
 from bnlab.norm.modules import BATCH_NORM_TYPES
 
 __all__ = ["PooledMoments", "PreciseStats", "precise_bn"]
@@ -28,9 +28,8 @@ __all__ = ["PooledMoments", "PreciseStats", "precise_bn"]
 class PooledMoments:
     """Running per-channel ``(count, mean, M2)`` of everything seen, merged exactly.
 
-    ``M2 = sum (x - mean)^2``. Merging a batch with ``n_b`` values, mean ``m_b`` and
-    ``M2_b`` uses Chan, Golub & LeVeque (1979): ``delta = m_b - mean``,
-    ``mean += delta * n_b / n``, ``M2 += M2_b + delta^2 * n_a * n_b / n``. The result does
+    ``M2 = sum (x - mean)^2``. Each batch is merged with ``core.merge_moments`` (Chan,
+    Golub & LeVeque 1979, the merge SyncBatchNorm uses across processes). The result does
     not depend on how the data were split (up to float64 rounding), unlike an average of
     per-batch variances, which misses the spread of the batch means.
 
@@ -55,11 +54,11 @@ class PooledMoments:
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n_b, mean_b, m2_b
             return
-        n_a, n = self.count, self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta * delta * (n_a * n_b / n)
-        self.count = n
+        counts = torch.tensor([self.count, n_b], dtype=torch.float64)
+        _, self.mean, self.m2 = merge_moments(
+            counts, torch.stack((self.mean, mean_b)), torch.stack((self.m2, m2_b))
+        )
+        self.count += n_b
 
     def unbiased_var(self) -> Tensor:
         """``M2 / (count - 1)``, the convention of ``running_var``.

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from bnlab.errors import UnknownNameError
-from bnlab.norm.core import momentum_from_decay
+from bnlab.norm.core import resolve_momentum
 from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["NormFactory", "available_norms", "get_norm", "register_norm"]
@@ -90,15 +90,10 @@ def _bnlab_bn(num_features: int, spatial_dims: int, **kwargs: Any) -> nn.Module:
 
 
 def _torch_bn(num_features: int, spatial_dims: int, **kwargs: Any) -> nn.Module:
-    # torch.nn has no decay argument: accept it here too, converted the one bnlab way.
+    # torch.nn has no decay argument: accept it here too, by the layers' one rule.
     decay = kwargs.pop("decay", None)
     if decay is not None:
-        if "momentum" in kwargs:
-            raise ValueError(
-                f"give either momentum or decay, not both; got momentum={kwargs['momentum']} "
-                f"and decay={decay}"
-            )
-        kwargs["momentum"] = momentum_from_decay(decay)
+        kwargs["momentum"] = resolve_momentum(kwargs.get("momentum"), decay)
     cls = (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims]
     return cls(num_features, **kwargs)
 

@@ -18,6 +18,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
 from bnlab.norm import functional as F
+from bnlab.norm.core import merge_moments
 from bnlab.norm.modules import _BatchNorm
 from bnlab.norm.registry import register_norm
 
@@ -38,47 +39,6 @@ class DistributedError(BnlabError, RuntimeError):
 def _per_channel(v: Tensor, ndim: int) -> Tensor:
     """View a (C,) vector so that it broadcasts along dim 1 of an ``ndim``-D tensor."""
     return v.reshape(F.channel_shape(ndim, v.numel()))
-
-
-def merge_moments(counts: Tensor, means: Tensor, m2s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge per-part (count, mean, M2) into the moments of the union, exactly.
-
-    The k-way form of Chan, Golub & LeVeque's parallel update (1979): with ``n = Σ n_i``,
-    ``mean = Σ n_i mean_i / n`` and ``M2 = Σ M2_i + Σ n_i (mean_i - mean)²``, where
-    ``M2 = Σ (x - mean)²`` is the sum of squared deviations (so the biased variance is
-    ``M2 / n``). Unlike summing Σx and Σx² it does not cancel catastrophically when
-    ``|mean| >> std``. Parts with ``n_i = 0`` contribute nothing (their mean is ignored).
-
-    Args:
-        counts: ``(k,)`` element counts per part (may differ; zeros allowed).
-        means: ``(k, C)`` per-part means.
-        m2s: ``(k, C)`` per-part sums of squared deviations from the part's mean.
-
-    Returns:
-        ``(n, mean, m2)``: the total count (0-D), and ``(C,)`` mean and M2 of the union
-        (zeros where ``n == 0``).
-
-    Raises:
-        ValueError: shapes that do not line up.
-
-    >>> n, mean, m2 = merge_moments(
-    ...     torch.tensor([2.0, 1.0]), torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [0.0]])
-    ... )
-    >>> n.item(), mean.tolist(), m2.tolist()  # data 0, 2 | 4
-    (3.0, [2.0], [8.0])
-    """
-    if counts.dim() != 1 or means.dim() != 2 or means.shape != m2s.shape:
-        raise ValueError(
-            "expected counts (k,), means (k, C) and m2s (k, C); got "
-            f"{tuple(counts.shape)}, {tuple(means.shape)}, {tuple(m2s.shape)}"
-        )
-    if means.shape[0] != counts.shape[0]:
-        raise ValueError(f"got {counts.shape[0]} counts for {means.shape[0]} parts")
-    n = counts.sum()
-    w = counts.unsqueeze(1)
-    mean = (w * means).sum(0) / n.clamp(min=1)
-    m2 = m2s.sum(0) + (w * (means - mean) ** 2).sum(0)
-    return n, mean, m2
 
 
 def _world_size(group: dist.ProcessGroup | None) -> int:
