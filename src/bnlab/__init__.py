@@ -39,16 +39,11 @@ _EXPORTS: dict[str, str] = {
     "BatchNormReLU1d": "bnlab.norm.bn_relu",
     "BatchNormReLU2d": "bnlab.norm.bn_relu",
     "BatchNormReLU3d": "bnlab.norm.bn_relu",
-    "fuse_bn_relu": "bnlab.norm.bn_relu",
+    "fuse_bn_relu": "bnlab.norm.fuse",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from bnlab.norm.bn_relu import (
-        BatchNormReLU1d,
-        BatchNormReLU2d,
-        BatchNormReLU3d,
-        fuse_bn_relu,
-    )
+    from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
     from bnlab.norm.doctor import DoctorReport, doctor
     from bnlab.norm.fold import fold_bn
     from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
@@ -60,6 +55,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         normalize,
         update_running_stats,
     )
+    from bnlab.norm.fuse import fuse_bn_relu
     from bnlab.norm.interop import convert_batchnorm
     from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.precise import PreciseStats, precise_bn

@@ -7,7 +7,7 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 
 from __future__ import annotations
 
-from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d, fuse_bn_relu
+from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
 from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
 from bnlab.norm.doctor import DoctorReport, Finding, doctor
 from bnlab.norm.fold import fold_bn, fold_bn_weights
@@ -21,6 +21,7 @@ from bnlab.norm.functional import (
     unbiased_var,
     update_running_stats,
 )
+from bnlab.norm.fuse import fuse_bn_relu
 from bnlab.norm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from bnlab.norm.graph import FoldWarning, RewriteReport
 from bnlab.norm.group import GroupNorm, InstanceNorm, LayerNorm
