@@ -24,10 +24,10 @@ import torch
 
 from bnlab.bench.nets import build_variant, make_step
 from bnlab.bench.timing import interleaved
-from bnlab.norm import dispatch
-from bnlab.norm.kernels import _numba as K
-from bnlab.norm.kernels import fused as FU
-from bnlab.norm.ops import warmup
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.kernels import _numba as K
+from bnlab.norm.ops.kernels import fused as FU
+from bnlab.norm.ops.library import warmup
 
 
 class _Nothing(torch.autograd.Function):

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 import bnlab
-from bnlab.norm import dispatch
-from bnlab.norm.modules import as_torch_batch_norm
+from bnlab.norm.layers.modules import as_torch_batch_norm
+from bnlab.norm.ops import dispatch
 
 RTOL = 1e-4
 
@@ -39,7 +39,7 @@ class ResidualNet(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)) + x)
 
 
-# Shapes on each side of the "auto" rule (bnlab.norm.dispatch): training engages the fused
+# Shapes on each side of the "auto" rule (bnlab.norm.ops.dispatch): training engages the fused
 # kernel from 1M values (512K channels-last; under torch.compile 4M and 1M), inference
 # from 32 MB.
 SHAPES = {

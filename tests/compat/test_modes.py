@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm import dispatch
-from bnlab.norm.bn_relu import BatchNormReLU2d
-from bnlab.norm.ghost import GhostBatchNorm2d
-from bnlab.norm.safe import NonFiniteBatchWarning
+from bnlab.norm.layers.bn_relu import BatchNormReLU2d
+from bnlab.norm.layers.ghost import GhostBatchNorm2d
+from bnlab.norm.layers.safe import NonFiniteBatchWarning
+from bnlab.norm.ops import dispatch
 
 SMALL, FUSED = (8, 4, 5, 5), (16, 16, 64, 64)
 

@@ -13,7 +13,7 @@ from torch import nn
 import bnlab
 from bnlab.models.resnet import ResNet18
 from bnlab.norm import convert_batchnorm, fold_bn, fuse_bn_relu
-from bnlab.norm.bn_relu import BatchNormReLU2d
+from bnlab.norm.layers.bn_relu import BatchNormReLU2d
 
 
 def _bns(model: nn.Module) -> dict[str, nn.Module]:

@@ -24,7 +24,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from bnlab.distributed import RankFailure, SpawnError, spawn
-from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
+from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 STEPS = 5
@@ -356,7 +356,7 @@ def test_dead_rank_stops_the_others_with_a_message(private_tmp: Path) -> None:
     assert failures[1].exitcode == 3 and not failures[1].killed
     # Rank 0 stopped by itself with bnlab's error, within the group's 5 s timeout.
     assert not failures[0].killed
-    assert "bnlab.norm.sync.DistributedError: SyncBatchNorm: all-gather" in failures[0].error
+    assert "bnlab.norm.layers.sync.DistributedError: SyncBatchNorm: all-gather" in failures[0].error
     assert _seconds(failures[0]) < 5 + 3
 
 
@@ -367,6 +367,6 @@ def test_stalled_rank_times_out(private_tmp: Path) -> None:
     assert failures[1].killed  # the stalled rank is ended by the launcher, not left behind
     assert "rank 1 did not finish in time and was killed" in str(info.value)
     assert not failures[0].killed
-    assert "bnlab.norm.sync.DistributedError: SyncBatchNorm: all-gather" in failures[0].error
+    assert "bnlab.norm.layers.sync.DistributedError: SyncBatchNorm: all-gather" in failures[0].error
     assert "timed out" in failures[0].error.lower()
     assert 2 - 0.5 <= _seconds(failures[0]) < 2 + 3  # the group's 2 s timeout, not a hang

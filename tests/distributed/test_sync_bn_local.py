@@ -10,7 +10,12 @@ from torch import nn
 
 from bnlab.distributed import spawn
 from bnlab.norm import BatchNorm2d, BatchRenorm2d, GhostBatchNorm2d, get_norm
-from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm, merge_moments, sync_batch_norm
+from bnlab.norm.layers.sync import (
+    SyncBatchNorm,
+    convert_sync_batchnorm,
+    merge_moments,
+    sync_batch_norm,
+)
 
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm.doctor import CHECKS, doctor
+from bnlab.norm.tools.doctor import CHECKS, doctor
 
 
 def _mlp(bias: bool = False, **bn: object) -> nn.Sequential:
@@ -160,7 +160,7 @@ def test_bad_arguments() -> None:
 
 
 def test_every_demo_case_finds_exactly_its_bug() -> None:
-    from bnlab.norm.doctor import demo_cases
+    from bnlab.norm.tools.doctor import demo_cases
 
     cases = demo_cases()
     assert cases[0].expected == () and len(cases) == 7

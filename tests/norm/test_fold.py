@@ -8,7 +8,7 @@ from torch import nn
 
 import bnlab
 from bnlab.models.deep_cnn import DeepCNN
-from bnlab.norm.fold import fold_bn, fold_bn_weights
+from bnlab.norm.tools.fold import fold_bn, fold_bn_weights
 
 
 def _randomize_bn(model: nn.Module) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 import bnlab
 from bnlab.norm import get_norm
-from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
+from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
 
 F64 = torch.float64
 

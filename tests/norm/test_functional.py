@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnlab.norm import dispatch
-from bnlab.norm.functional import (
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.functional import (
     batch_norm,
     batch_stats,
     decay_from_momentum,

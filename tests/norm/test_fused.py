@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bnlab.norm import dispatch
-from bnlab.norm.kernels import fused as fused_module
-from bnlab.norm.kernels import plan_for
-from bnlab.norm.ops import fused_batch_norm, is_supported, warmup
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.kernels import fused as fused_module
+from bnlab.norm.ops.kernels import plan_for
+from bnlab.norm.ops.library import fused_batch_norm, is_supported, warmup
 
 # (shape, memory format, expected schedule)
 LAYOUTS = [
@@ -218,7 +218,7 @@ def test_auto_rule_picks_fused_only_where_it_wins() -> None:
 _FRESH_PROCESS = """
 import torch
 torch.set_num_threads(1)
-from bnlab.norm.ops import warmup
+from bnlab.norm.ops.library import warmup
 seconds = warmup((torch.float32,))
 print(torch.get_num_threads(), seconds)
 """

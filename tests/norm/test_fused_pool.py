@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bnlab.norm.kernels._pool import OutputPool, output_pool
-from bnlab.norm.ops import fused_batch_norm
+from bnlab.norm.ops.kernels._pool import OutputPool, output_pool
+from bnlab.norm.ops.library import fused_batch_norm
 
 
 def test_memory_is_reused_after_the_tensor_and_its_views_are_gone() -> None:

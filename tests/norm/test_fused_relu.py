@@ -8,8 +8,8 @@ from torch import nn
 
 import bnlab
 from bnlab.models.deep_cnn import DeepCNN
-from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d
-from bnlab.norm.fuse import fuse_bn_relu
+from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d
+from bnlab.norm.tools.fuse import fuse_bn_relu
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norm import get_norm
-from bnlab.norm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, ghost_sizes
+from bnlab.norm.layers.ghost import GhostBatchNorm1d, GhostBatchNorm2d, ghost_sizes
 
 F64 = torch.float64
 

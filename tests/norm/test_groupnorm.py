@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norm import get_norm
-from bnlab.norm.group import (
+from bnlab.norm.layers.group import (
     GROUP_NORM_BACKENDS,
     GroupNorm,
     InstanceNorm,

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 import bnlab
 from bnlab.errors import UnknownNameError
-from bnlab.norm import dispatch
-from bnlab.norm.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.ops import dispatch
 
 BACKENDS = dispatch.available_backends()
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm.precise import PooledMoments, PreciseStats, precise_bn
+from bnlab.norm.tools.precise import PooledMoments, PreciseStats, precise_bn
 
 F64 = torch.float64
 SPLIT = [2, 2, 4, 8, 16, 32, 64]  # 128 examples in uneven batches

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bnlab.norm import get_norm
-from bnlab.norm.recurrent import RecurrentBatchNorm
+from bnlab.norm.layers.recurrent import RecurrentBatchNorm
 
 F64 = torch.float64
 

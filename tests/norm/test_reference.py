@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from bnlab.norm.functional import batch_stats, normalize
-from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
+from bnlab.norm.ops.functional import batch_stats, normalize
+from bnlab.norm.ops.reference import BatchNormFunction, batch_norm_reference
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.errors import BnlabError, UnknownNameError
-from bnlab.norm import dispatch, registry
-from bnlab.norm.functional import batch_norm
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.norm.registry import available_norms, get_norm, register_norm
+from bnlab.norm.layers import registry
+from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.functional import batch_norm
 
 INPUT_SHAPE = {0: (4, 6), 1: (4, 6, 5), 2: (4, 6, 3, 5), 3: (2, 6, 3, 2, 3)}
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norm import get_norm
-from bnlab.norm.renorm import BatchRenorm1d, BatchRenorm2d, RenormSchedule, renorm_factors
+from bnlab.norm.layers.renorm import BatchRenorm1d, BatchRenorm2d, RenormSchedule, renorm_factors
 
 F64 = torch.float64
 

@@ -12,15 +12,16 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm import dispatch, get_norm
-from bnlab.norm.ghost import GhostBatchNorm1d
-from bnlab.norm.renorm import BatchRenorm1d
-from bnlab.norm.safe import (
+from bnlab.norm import get_norm
+from bnlab.norm.layers.ghost import GhostBatchNorm1d
+from bnlab.norm.layers.renorm import BatchRenorm1d
+from bnlab.norm.layers.safe import (
     DegenerateBatchWarning,
     NonFiniteBatchWarning,
     label_layers,
     refusals,
 )
+from bnlab.norm.ops import dispatch
 
 
 def _state(layer: nn.Module) -> dict[str, torch.Tensor]:

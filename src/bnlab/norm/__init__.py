@@ -7,12 +7,18 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 
 from __future__ import annotations
 
-from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
-from bnlab.norm.dispatch import available_backends, register_backend, resolve_backend
-from bnlab.norm.doctor import DoctorReport, Finding, doctor
-from bnlab.norm.fold import fold_bn, fold_bn_weights
-from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
-from bnlab.norm.functional import (
+from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
+from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
+from bnlab.norm.layers.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.norm.layers.group import GroupNorm, InstanceNorm, LayerNorm
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.layers.recurrent import RecurrentBatchNorm
+from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
+from bnlab.norm.layers.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
+from bnlab.norm.layers.safe import label_layers, refusals
+from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
+from bnlab.norm.ops.dispatch import available_backends, register_backend, resolve_backend
+from bnlab.norm.ops.functional import (
     batch_norm,
     batch_stats,
     decay_from_momentum,
@@ -21,19 +27,13 @@ from bnlab.norm.functional import (
     unbiased_var,
     update_running_stats,
 )
-from bnlab.norm.fuse import fuse_bn_relu
-from bnlab.norm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
-from bnlab.norm.graph import FoldWarning, RewriteReport
-from bnlab.norm.group import GroupNorm, InstanceNorm, LayerNorm
-from bnlab.norm.interop import convert_batchnorm
-from bnlab.norm.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.norm.precise import PreciseStats, precise_bn
-from bnlab.norm.recurrent import RecurrentBatchNorm
-from bnlab.norm.reference import BatchNormFunction, batch_norm_reference
-from bnlab.norm.registry import available_norms, get_norm, register_norm
-from bnlab.norm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
-from bnlab.norm.safe import label_layers, refusals
-from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
+from bnlab.norm.ops.reference import BatchNormFunction, batch_norm_reference
+from bnlab.norm.tools.doctor import DoctorReport, Finding, doctor
+from bnlab.norm.tools.fold import fold_bn, fold_bn_weights
+from bnlab.norm.tools.fuse import fuse_bn_relu
+from bnlab.norm.tools.graph import FoldWarning, RewriteReport
+from bnlab.norm.tools.interop import convert_batchnorm
+from bnlab.norm.tools.precise import PreciseStats, precise_bn
 
 __all__ = [
     "BATCH_NORM_TYPES",

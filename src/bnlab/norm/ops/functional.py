@@ -1,6 +1,6 @@
 """The functional front end: :func:`batch_norm` validates its arguments and routes the call
 to a backend (``dispatch``). The math itself lives in ``core`` and is re-exported here, so
-``bnlab.norm.functional`` stays the one import for both.
+``bnlab.norm.ops.functional`` stays the one import for both.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch  # noqa: F401  (the doctests' namespace)
 from torch import Tensor
 
-from bnlab.norm import _validation, dispatch
-from bnlab.norm.core import (
+from bnlab.norm.ops import _validation, dispatch
+from bnlab.norm.ops.core import (
     DEFAULT_MOMENTUM,
     batch_stats,
     channel_shape,
@@ -85,7 +85,7 @@ def batch_norm(
 
     An empty input returns an empty output and leaves the running statistics unchanged,
     as PyTorch does. Works under ``torch.compile``, ``torch.export``, ``torch.jit.trace``,
-    ONNX export and ``torch.func`` (see ``bnlab.norm.ops``).
+    ONNX export and ``torch.func`` (see ``bnlab.norm.ops.library``).
 
     >>> x = torch.randn(8, 3, 4, 4)
     >>> y = batch_norm(x, None, None, training=True)

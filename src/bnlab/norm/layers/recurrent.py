@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation, dispatch
-from bnlab.norm.functional import batch_norm, resolve_momentum
-from bnlab.norm.registry import register_norm
+from bnlab.norm.layers.registry import register_norm
+from bnlab.norm.ops import _validation, dispatch
+from bnlab.norm.ops.functional import batch_norm, resolve_momentum
 
 __all__ = ["RecurrentBatchNorm"]
 

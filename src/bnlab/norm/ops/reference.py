@@ -2,7 +2,7 @@
 
 This is the "low level" version the seed tutorials build by hand (moments, normalize,
 scale and shift, population statistics), following Ioffe & Szegedy 2015, Algorithms 1
-and 2. It is the ``"reference"`` backend of ``bnlab.norm.functional.batch_norm``.
+and 2. It is the ``"reference"`` backend of ``bnlab.norm.ops.functional.batch_norm``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bnlab.norm import _validation
-from bnlab.norm.core import (
+from bnlab.norm.ops import _validation
+from bnlab.norm.ops.core import (
     batch_stats,
     channel_shape,
     compute_dtype,
@@ -158,7 +158,7 @@ def batch_norm_reference(
     Inference (Alg. 2, line 11): the same normalization with the population statistics.
     The backward is :class:`BatchNormFunction`'s analytic one.
 
-    Args and Raises: as :func:`bnlab.norm.functional.batch_norm` (without ``backend``).
+    Args and Raises: as :func:`bnlab.norm.ops.functional.batch_norm` (without ``backend``).
 
     >>> x = torch.randn(16, 3)
     >>> rm, rv = torch.zeros(3), torch.ones(3)

@@ -12,8 +12,8 @@ from typing import Any
 from torch import nn
 
 from bnlab.errors import UnknownNameError
-from bnlab.norm.core import resolve_momentum
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.ops.core import resolve_momentum
 
 __all__ = ["NormFactory", "available_norms", "get_norm", "register_norm"]
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation
-from bnlab.norm.functional import batch_norm, batch_stats, normalize
+from bnlab.norm.ops import _validation
+from bnlab.norm.ops.functional import batch_norm, batch_stats, normalize
 
 __all__ = [
     "DEGENERATE_POLICIES",
@@ -86,7 +86,7 @@ def label_layers(model: nn.Module) -> nn.Module:
     """Give every bnlab norm layer in ``model`` its qualified name (``layer_name``), so its
     warnings say which layer of the model refused or degraded a batch. Returns ``model``.
 
-    >>> from bnlab.norm.modules import BatchNorm1d
+    >>> from bnlab.norm.layers.modules import BatchNorm1d
     >>> net = label_layers(nn.Sequential(nn.Linear(2, 2), BatchNorm1d(2)))
     >>> net[1].layer_name
     '1'

@@ -1,4 +1,4 @@
-"""The backend table behind :func:`bnlab.norm.functional.batch_norm`.
+"""The backend table behind :func:`bnlab.norm.ops.functional.batch_norm`.
 
 A backend is a function with ``batch_norm``'s signature (no ``backend`` keyword) that
 trusts its arguments (``batch_norm`` validated them). ``"auto"`` is resolved by
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnlab.errors import UnknownNameError
-from bnlab.norm import ops
-from bnlab.norm.reference import batch_norm_reference
+from bnlab.norm.ops import library
+from bnlab.norm.ops.reference import batch_norm_reference
 
 __all__ = [
     "BackendFn",
@@ -216,9 +216,9 @@ def _reference(
     )
 
 
-# The fused kernels as a registered PyTorch operator (``bnlab.norm.ops``): ATen's kernel
-# where an opaque operator cannot be represented (jit.trace, ONNX, torch.func).
-_fused = ops.batch_norm_fused
+# The fused kernels as a registered PyTorch operator (``library.py``): ATen's kernel where
+# an opaque operator cannot be represented (jit.trace, ONNX, torch.func).
+_fused = library.batch_norm_fused
 
 
 register_backend("native", _native)

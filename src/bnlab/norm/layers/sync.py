@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
-from bnlab.norm import functional as F
-from bnlab.norm.core import merge_moments
-from bnlab.norm.modules import _BatchNorm
-from bnlab.norm.registry import register_norm
+from bnlab.norm.layers.modules import _BatchNorm
+from bnlab.norm.layers.registry import register_norm
+from bnlab.norm.ops import functional as F
+from bnlab.norm.ops.core import merge_moments
 
 __all__ = [
     "DistributedError",
@@ -198,7 +198,7 @@ def sync_batch_norm(
     unbiased global variance: ``running = (1 - momentum) * running + momentum * batch``
     (PyTorch's convention; momentum is the weight of the new batch). Otherwise (eval mode,
     no initialized process group, or a group of one) it is
-    :func:`bnlab.norm.functional.batch_norm`, which matches ``torch.nn.functional``'s.
+    :func:`bnlab.norm.ops.functional.batch_norm`, which matches ``torch.nn.functional``'s.
 
     Every rank must call it, in the same order as the others; a rank may pass an empty
     batch (size 0 along dim 0). The input gradient accounts for all ranks; the weight
@@ -270,7 +270,7 @@ class SyncBatchNorm(_BatchNorm):
         device, dtype: where and in what dtype parameters and buffers live.
         bias: keyword-only; with ``affine``, False learns ``weight`` but no ``bias``.
         decay: keyword-only, TF/Keras style (``momentum = 1 - decay``).
-        backend: keyword-only, the ``bnlab.norm.dispatch`` backend for the
+        backend: keyword-only, the ``bnlab.norm.ops.dispatch`` backend for the
             unsynchronized path (eval mode, one process).
 
     Shape:

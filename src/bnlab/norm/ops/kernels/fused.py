@@ -2,7 +2,7 @@
 :func:`backward` over the numba kernels of ``_numba.py`` (float32/float64, contiguous or
 channels-last, any rank 2-5).
 
-No autograd and no argument checks here: ``bnlab.norm.ops`` registers these two functions
+No autograd and no argument checks here: ``bnlab.norm.ops.library`` registers these two functions
 as the PyTorch operators ``bnlab::fused_batch_norm`` and ``bnlab::fused_batch_norm_backward``
 (with shape inference and an autograd formula) and is what everything else calls.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bnlab.norm.kernels import _numba as K
-from bnlab.norm.kernels._pool import output_pool
+from bnlab.norm.ops.kernels import _numba as K
+from bnlab.norm.ops.kernels._pool import output_pool
 
 __all__ = [
     "Plan",

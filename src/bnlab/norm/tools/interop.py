@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 from torch.ao.quantization import fuser_method_mappings
 
-from bnlab.norm.modules import (
+from bnlab.norm.layers.modules import (
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
@@ -63,7 +63,7 @@ def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
     >>> converted = convert_batchnorm(net)
     >>> type(converted[1]).__module__, converted[1].weight is net[1].weight
-    ('bnlab.norm.modules', True)
+    ('bnlab.norm.layers.modules', True)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module; got {type(module).__name__}")

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from bnlab.norm.core import batch_stats
-from bnlab.norm.modules import BATCH_NORM_TYPES
-from bnlab.norm.safe import DegenerateBatchWarning, NonFiniteBatchWarning
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES
+from bnlab.norm.layers.safe import DegenerateBatchWarning, NonFiniteBatchWarning
+from bnlab.norm.ops.core import batch_stats
 
 __all__ = ["CHECKS", "DemoCase", "DoctorReport", "Finding", "demo_cases", "doctor"]
 
@@ -542,7 +542,7 @@ class DemoCase:
 
 
 def _demo_mlp(bias: bool = False, track: bool = True) -> nn.Sequential:
-    from bnlab.norm.modules import BatchNorm1d
+    from bnlab.norm.layers.modules import BatchNorm1d
 
     return nn.Sequential(
         OrderedDict(
@@ -573,7 +573,7 @@ def demo_cases(seed: int = 0) -> list[DemoCase]:
         return (torch.randn(n, 20, generator=gen) * 2 + 1) * scale
 
     def settled(model: nn.Module, scale: float = 1.0) -> nn.Module:
-        from bnlab.norm.precise import precise_bn
+        from bnlab.norm.tools.precise import precise_bn
 
         model.train()
         with torch.no_grad():

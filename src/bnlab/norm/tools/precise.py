@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from bnlab.norm.core import batch_stats, merge_moments
-from bnlab.norm.modules import BATCH_NORM_TYPES
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES
+from bnlab.norm.ops.core import batch_stats, merge_moments
 
 __all__ = ["PooledMoments", "PreciseStats", "precise_bn"]
 

@@ -27,9 +27,9 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from bnlab.norm import _validation
-from bnlab.norm.core import batch_stats, empty_batch_norm, normalize
-from bnlab.norm.reference import batch_norm_reference
+from bnlab.norm.ops import _validation
+from bnlab.norm.ops.core import batch_stats, empty_batch_norm, normalize
+from bnlab.norm.ops.reference import batch_norm_reference
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -73,7 +73,7 @@ def _fused_forward_op(
     returned, not written; they are empty unless training with running statistics.
     :func:`batch_norm_fused` copies them into the buffers.
     """
-    from bnlab.norm.kernels import fused  # numba: imported on the first fused call
+    from bnlab.norm.ops.kernels import fused  # numba: imported on the first fused call
 
     update = training and running_mean is not None and running_var is not None
     new_mean = running_mean.detach().clone() if update else input.new_empty((0,))  # type: ignore[union-attr]
@@ -129,7 +129,7 @@ def _fused_backward_op(
 
     The gradients of weight and bias are returned in the input's dtype.
     """
-    from bnlab.norm.kernels import fused
+    from bnlab.norm.ops.kernels import fused
 
     dx, dw, db = fused.backward(
         grad_output, input, weight, bias, mean, invstd, training, relu, input_grad
@@ -260,7 +260,7 @@ def batch_norm_fused(
 ) -> Tensor:
     """The ``"fused"`` backend: :func:`fused_batch_norm` without the argument checks.
 
-    Trusts validated arguments and a non-empty input (``bnlab.norm.dispatch``'s backend
+    Trusts validated arguments and a non-empty input (``bnlab.norm.ops.dispatch``'s backend
     contract). Where the kernels cannot run (see :func:`is_supported`, :func:`opaque_ok`)
     the same result comes from ATen's ``batch_norm`` (unsupported devices and dtypes go to
     bnlab's reference implementation, as before).
@@ -305,7 +305,7 @@ def fused_batch_norm(
     place (``new = (1 - momentum) * old + momentum * batch``, unbiased variance); eval
     uses the running statistics. Backward: one fused kernel (``bnlab::fused_batch_norm_backward``).
 
-    Args and Raises: as :func:`bnlab.norm.functional.batch_norm`, plus ``relu``.
+    Args and Raises: as :func:`bnlab.norm.ops.functional.batch_norm`, plus ``relu``.
 
     Returns:
         A tensor like ``input`` (same shape, dtype and memory format when it is

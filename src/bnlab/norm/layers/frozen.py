@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import _validation
-from bnlab.norm.core import normalize
-from bnlab.norm.modules import BATCH_NORM_TYPES
-from bnlab.norm.registry import register_norm
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES
+from bnlab.norm.layers.registry import register_norm
+from bnlab.norm.ops import _validation
+from bnlab.norm.ops.core import normalize
 
 __all__ = ["FrozenBatchNorm", "batch_norm_layers", "freeze_bn"]
 

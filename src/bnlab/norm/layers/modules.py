@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.fx import Proxy
 
-from bnlab.norm import _validation, dispatch, safe
-from bnlab.norm.functional import batch_norm, resolve_momentum
+from bnlab.norm.layers import safe
+from bnlab.norm.ops import _validation, dispatch
+from bnlab.norm.ops.functional import batch_norm, resolve_momentum
 
 __all__ = ["BATCH_NORM_TYPES", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -34,8 +35,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     ``torch.nn.BatchNormXd``), so constructor, attributes, ``state_dict`` keys (both ways,
     strict) and repr are torch's, and every ``isinstance``-based tool treats it as batch
     norm. Keyword-only extras: ``decay`` (TF/Keras style, converted by
-    ``core.resolve_momentum``), ``backend`` (see ``bnlab.norm.dispatch``), and the
-    safe-statistics knobs (``bnlab.norm.safe``): ``degenerate`` (``"raise"``,
+    ``core.resolve_momentum``), ``backend`` (see ``bnlab.norm.ops.dispatch``), and the
+    safe-statistics knobs (``bnlab.norm.layers.safe``): ``degenerate`` (``"raise"``,
     ``"population"`` or ``"skip"`` for a training batch with at most one value per
     channel) and ``guard_nonfinite`` (default True: a NaN/Inf batch never enters the
     running statistics; refusals are counted in the tensor attribute ``refused_count``,
@@ -134,7 +135,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         # Batch statistics in training, and in eval when there is nothing else to use.
         use_batch_stats = training or (running_mean is None and running_var is None)
         # A batch with <= 1 value per channel: the layer's policy, before counting it
-        # (so "raise" changes no state; see bnlab.norm.safe).
+        # (so "raise" changes no state; see bnlab.norm.layers.safe).
         if use_batch_stats and safe.is_degenerate(input):
             out = safe.degenerate_forward(self, input)
             if out is not None:
@@ -296,7 +297,7 @@ class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
         decay: keyword-only, TF/Keras style (weight of the OLD value, e.g. 0.99); sets
             ``momentum = 1 - decay``. Not together with a non-default ``momentum``.
         backend: keyword-only, ``"auto"`` or a name from
-            ``bnlab.norm.dispatch.available_backends()``.
+            ``bnlab.norm.ops.dispatch.available_backends()``.
 
     Raises:
         ValueError: at call time, for a wrong rank or channel count (the message names

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.norm import _validation
-from bnlab.norm.core import batch_stats, channel_shape, normalize
-from bnlab.norm.registry import register_norm
+from bnlab.norm.layers.registry import register_norm
+from bnlab.norm.ops import _validation
+from bnlab.norm.ops.core import batch_stats, channel_shape, normalize
 
 __all__ = ["GROUP_NORM_BACKENDS", "GroupNorm", "InstanceNorm", "LayerNorm", "default_num_groups"]
 

@@ -1,7 +1,7 @@
 """Folding batch norm into the conv or linear layer before it, for inference.
 
 :func:`fold_bn_weights` is the tensor math; :func:`fold_bn` reads the model's graph
-(``bnlab.norm.graph``) and returns a new model in which every BN that directly follows a
+(``bnlab.norm.tools.graph``) and returns a new model in which every BN that directly follows a
 conv/linear layer is gone, its population statistics and affine parameters absorbed into
 that layer's weight and bias.
 """
@@ -15,8 +15,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.graph import FoldWarning, RewriteReport, find_pairs
-from bnlab.norm.modules import BATCH_NORM_TYPES
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES
+from bnlab.norm.tools.graph import FoldWarning, RewriteReport, find_pairs
 
 __all__ = ["FOLDABLE_TYPES", "FoldWarning", "fold_bn", "fold_bn_weights"]
 
@@ -168,7 +168,7 @@ def fold_bn(
 
     Args:
         model: a model in eval mode (``model.eval()``).
-        return_report: also return the :class:`~bnlab.norm.graph.RewriteReport`.
+        return_report: also return the :class:`~bnlab.norm.tools.graph.RewriteReport`.
 
     Returns:
         The folded copy, in eval mode (and the report). Its outputs equal the input

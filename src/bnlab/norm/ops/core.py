@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from bnlab.norm import _validation
+from bnlab.norm.ops import _validation
 
 __all__ = [
     "batch_stats",

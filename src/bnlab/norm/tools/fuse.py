@@ -1,7 +1,7 @@
 """Fusing each batch norm with the ReLU that consumes it: :func:`fuse_bn_relu`.
 
 The pairs come from the model's FX graph (``graph.find_pairs``); each BN becomes a
-``BatchNormReLU*d`` (``bnlab.norm.bn_relu``) with the same state and mode.
+``BatchNormReLU*d`` (``bnlab.norm.layers.bn_relu``) with the same state and mode.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Literal, overload
 
 from torch import nn
 
-from bnlab.norm import dispatch
-from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d, _ReLUAfter
-from bnlab.norm.graph import FoldWarning, RewriteReport, find_pairs
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d, _ReLUAfter
+from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.ops import dispatch
+from bnlab.norm.tools.graph import FoldWarning, RewriteReport, find_pairs
 
 __all__ = ["fuse_bn_relu"]
 
@@ -78,7 +78,7 @@ def fuse_bn_relu(
     functional ReLU stays (applying ReLU twice is ReLU). Names, indices and ``state_dict``
     keys stay the same. Works in training and eval mode. The input model is not changed.
     BN layers left as they were are listed, each with its reason, in the report and a
-    :class:`~bnlab.norm.graph.FoldWarning`.
+    :class:`~bnlab.norm.tools.graph.FoldWarning`.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm import dispatch
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, as_torch_batch_norm
-from bnlab.norm.ops import fused_batch_norm
+from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, as_torch_batch_norm
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.library import fused_batch_norm
 
 __all__ = ["BatchNormReLU1d", "BatchNormReLU2d", "BatchNormReLU3d"]
 

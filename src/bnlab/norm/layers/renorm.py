@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.core import batch_stats, normalize, unbiased_var, update_running_stats
-from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
-from bnlab.norm.registry import register_norm
+from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.norm.layers.registry import register_norm
+from bnlab.norm.ops.core import batch_stats, normalize, unbiased_var, update_running_stats
 
 __all__ = [
     "BatchRenorm1d",
