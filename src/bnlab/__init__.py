@@ -14,40 +14,41 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it; imported on first attribute access.
 _EXPORTS: dict[str, str] = {
-    "BatchNorm1d": "bnlab.norm.modules",
-    "BatchNorm2d": "bnlab.norm.modules",
-    "BatchNorm3d": "bnlab.norm.modules",
-    "batch_norm": "bnlab.norm.functional",
-    "batch_stats": "bnlab.norm.functional",
-    "decay_from_momentum": "bnlab.norm.functional",
-    "momentum_from_decay": "bnlab.norm.functional",
-    "normalize": "bnlab.norm.functional",
-    "update_running_stats": "bnlab.norm.functional",
-    "available_norms": "bnlab.norm.registry",
-    "get_norm": "bnlab.norm.registry",
-    "register_norm": "bnlab.norm.registry",
-    "DoctorReport": "bnlab.norm.doctor",
-    "doctor": "bnlab.norm.doctor",
-    "FrozenBatchNorm": "bnlab.norm.frozen",
-    "freeze_bn": "bnlab.norm.frozen",
-    "PreciseStats": "bnlab.norm.precise",
-    "precise_bn": "bnlab.norm.precise",
-    "SyncBatchNorm": "bnlab.norm.sync",
-    "convert_sync_batchnorm": "bnlab.norm.sync",
-    "convert_batchnorm": "bnlab.norm.interop",
-    "fold_bn": "bnlab.norm.fold",
-    "BatchNormReLU1d": "bnlab.norm.bn_relu",
-    "BatchNormReLU2d": "bnlab.norm.bn_relu",
-    "BatchNormReLU3d": "bnlab.norm.bn_relu",
-    "fuse_bn_relu": "bnlab.norm.fuse",
+    "BatchNorm1d": "bnlab.norm.layers.modules",
+    "BatchNorm2d": "bnlab.norm.layers.modules",
+    "BatchNorm3d": "bnlab.norm.layers.modules",
+    "batch_norm": "bnlab.norm.ops.functional",
+    "batch_stats": "bnlab.norm.ops.functional",
+    "decay_from_momentum": "bnlab.norm.ops.functional",
+    "momentum_from_decay": "bnlab.norm.ops.functional",
+    "normalize": "bnlab.norm.ops.functional",
+    "update_running_stats": "bnlab.norm.ops.functional",
+    "available_norms": "bnlab.norm.layers.registry",
+    "get_norm": "bnlab.norm.layers.registry",
+    "register_norm": "bnlab.norm.layers.registry",
+    "DoctorReport": "bnlab.norm.tools.doctor",
+    "doctor": "bnlab.norm.tools.doctor",
+    "FrozenBatchNorm": "bnlab.norm.layers.frozen",
+    "freeze_bn": "bnlab.norm.layers.frozen",
+    "PreciseStats": "bnlab.norm.tools.precise",
+    "precise_bn": "bnlab.norm.tools.precise",
+    "SyncBatchNorm": "bnlab.norm.layers.sync",
+    "convert_sync_batchnorm": "bnlab.norm.layers.sync",
+    "convert_batchnorm": "bnlab.norm.tools.interop",
+    "fold_bn": "bnlab.norm.tools.fold",
+    "BatchNormReLU1d": "bnlab.norm.layers.bn_relu",
+    "BatchNormReLU2d": "bnlab.norm.layers.bn_relu",
+    "BatchNormReLU3d": "bnlab.norm.layers.bn_relu",
+    "fuse_bn_relu": "bnlab.norm.tools.fuse",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from bnlab.norm.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
-    from bnlab.norm.doctor import DoctorReport, doctor
-    from bnlab.norm.fold import fold_bn
-    from bnlab.norm.frozen import FrozenBatchNorm, freeze_bn
-    from bnlab.norm.functional import (
+    from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
+    from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
+    from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+    from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
+    from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
+    from bnlab.norm.ops.functional import (
         batch_norm,
         batch_stats,
         decay_from_momentum,
@@ -55,12 +56,11 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         normalize,
         update_running_stats,
     )
-    from bnlab.norm.fuse import fuse_bn_relu
-    from bnlab.norm.interop import convert_batchnorm
-    from bnlab.norm.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
-    from bnlab.norm.precise import PreciseStats, precise_bn
-    from bnlab.norm.registry import available_norms, get_norm, register_norm
-    from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
+    from bnlab.norm.tools.doctor import DoctorReport, doctor
+    from bnlab.norm.tools.fold import fold_bn
+    from bnlab.norm.tools.fuse import fuse_bn_relu
+    from bnlab.norm.tools.interop import convert_batchnorm
+    from bnlab.norm.tools.precise import PreciseStats, precise_bn
 
 __all__ = [
     "BatchNorm1d",

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bnlab.bench.timing import Timing, interleaved, paired_ratio
 from bnlab.models.resnet import ResNet18
-from bnlab.norm.modules import BatchNorm2d
+from bnlab.norm.layers.modules import BatchNorm2d
 
 __all__ = ["CompiledRow", "compiled_rows", "format_compiled"]
 

@@ -18,14 +18,14 @@ from torch import nn
 
 from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.models.deep_cnn import DeepCNN
-from bnlab.norm.fold import fold_bn
-from bnlab.norm.fuse import fuse_bn_relu
+from bnlab.norm.tools.fold import fold_bn
+from bnlab.norm.tools.fuse import fuse_bn_relu
 
 __all__ = ["NET_VARIANTS", "build_variant", "deep_cnn_step", "fold_latency", "make_step"]
 
 #: name -> (``DeepCNN(norm=...)``, fuse BN+ReLU): the network without BN, with bnlab's BN
 #: as the experiments build it, with bnlab's BN fused with the ReLU after it
-#: (:func:`bnlab.norm.fuse.fuse_bn_relu`), and with torch's BN.
+#: (:func:`bnlab.norm.tools.fuse.fuse_bn_relu`), and with torch's BN.
 NET_VARIANTS: dict[str, tuple[str, bool]] = {
     "no-bn": ("none", False),
     "bnlab-bn": ("bn", False),

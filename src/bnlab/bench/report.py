@@ -188,7 +188,7 @@ def run_benchmark(
         UnknownNameError: an unknown shape set, layout, mode or backend.
         ValueError: an unknown dtype name.
     """
-    from bnlab.norm.ops import warmup
+    from bnlab.norm.ops.library import warmup
     from bnlab.train.env import capture_environment
 
     for name in config.dtypes:

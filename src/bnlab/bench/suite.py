@@ -21,8 +21,8 @@ from bnlab.bench.roofline import MODES, copy_bandwidth, roofline_seconds
 from bnlab.bench.shapes import BenchShape
 from bnlab.bench.timing import Timing, interleaved, paired_ratio
 from bnlab.errors import UnknownNameError
-from bnlab.norm import dispatch
-from bnlab.norm.functional import batch_norm
+from bnlab.norm.ops import dispatch
+from bnlab.norm.ops.functional import batch_norm
 
 __all__ = [
     "BACKENDS",

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise BnlabError("give a run directory or --demo (exactly one)")
     if args.batch_size < 2:
         raise BnlabError(f"--batch-size must be at least 2; got {args.batch_size}")
-    from bnlab.norm.doctor import demo_cases, doctor
+    from bnlab.norm.tools.doctor import demo_cases, doctor
 
     if args.demo:
         reports = []

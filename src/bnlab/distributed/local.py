@@ -108,7 +108,13 @@ def _child(
             timeout=datetime.timedelta(seconds=timeout_s),
         )
         try:
-            outcome = ("ok", fn(rank, world_size, *args))
+            result = fn(rank, world_size, *args)
+            # Every rank finishes before any leaves: a gloo peer that tears its group down
+            # while another rank is still in a collective (DDP's teardown included) makes
+            # that rank's process abort at exit ("terminate called without an active
+            # exception", seen as exit status -6 in about one run in five).
+            dist.barrier()
+            outcome = ("ok", result)
         finally:
             dist.destroy_process_group()
     except BaseException:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from bnlab.data import TrainBatches
 from bnlab.data.datasets import Split
 from bnlab.experiments.base import RunContext
-from bnlab.norm.registry import get_norm
-from bnlab.norm.safe import NonFiniteBatchWarning, refusals
+from bnlab.norm.layers.registry import get_norm
+from bnlab.norm.layers.safe import NonFiniteBatchWarning, refusals
 from bnlab.report.claims import describe
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Figure, Table, Verdict

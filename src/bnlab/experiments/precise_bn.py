@@ -19,8 +19,8 @@ from bnlab.data import TrainBatches
 from bnlab.experiments import deep_cnn
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.practice import BACKEND
-from bnlab.norm.modules import BATCH_NORM_TYPES
-from bnlab.norm.precise import precise_bn
+from bnlab.norm.layers.modules import BATCH_NORM_TYPES
+from bnlab.norm.tools.precise import precise_bn
 from bnlab.report.claims import describe
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Curve, Metric, Paragraph, Table, Verdict

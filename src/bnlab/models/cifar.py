@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from bnlab.errors import UnknownNameError
 from bnlab.models.init import tf_init_
-from bnlab.norm.registry import get_norm
+from bnlab.norm.layers.registry import get_norm
 
 __all__ = [
     "BN_PLACEMENTS",

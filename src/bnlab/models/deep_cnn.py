@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from bnlab.errors import UnknownNameError
 from bnlab.models.init import INITIALIZERS, tf_init_, truncated_normal_
 from bnlab.models.seed_norm import PopulationBatchNorm
-from bnlab.norm.functional import batch_stats, normalize, update_running_stats
-from bnlab.norm.registry import get_norm
+from bnlab.norm.layers.registry import get_norm
+from bnlab.norm.ops.functional import batch_stats, normalize, update_running_stats
 
 __all__ = ["PLACEMENTS", "Conv2dSame", "DeepCNN", "LowLevelBatchNorm", "tf_same_padding"]
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bnlab.models.init import glorot_uniform_
 from bnlab.models.seed_norm import PopulationBatchNorm
-from bnlab.norm.functional import batch_norm
+from bnlab.norm.ops.functional import batch_norm
 
 __all__ = ["ChannelsLastBatchNorm", "ImageFCN"]
 
@@ -28,7 +28,7 @@ class ChannelsLastBatchNorm(PopulationBatchNorm):
     seed's ``control_dependencies``); inference normalizes with the population statistics:
     ``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
 
-    The arithmetic is :func:`bnlab.norm.functional.batch_norm` on the NCHW view of the
+    The arithmetic is :func:`bnlab.norm.ops.functional.batch_norm` on the NCHW view of the
     tensor (a permute, no copy), so the fused CPU kernel does it in two passes. That update
     uses the unbiased batch variance; with ``m = N * H * W`` values per channel (262,144 for
     one 512x512 image) it differs from the seed's biased one by a factor ``m / (m - 1)``.

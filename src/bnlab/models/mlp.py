@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from bnlab.errors import UnknownNameError
 from bnlab.models.init import tf_init_
 from bnlab.models.seed_norm import PopulationBatchNorm
-from bnlab.norm.functional import (
+from bnlab.norm.layers.registry import get_norm
+from bnlab.norm.ops.functional import (
     batch_norm,
     batch_stats,
     normalize,
     update_running_stats,
 )
-from bnlab.norm.registry import get_norm
 
 __all__ = [
     "ACTIVATIONS",

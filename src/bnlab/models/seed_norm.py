@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.functional import momentum_from_decay
+from bnlab.norm.ops.functional import momentum_from_decay
 
 __all__ = ["PopulationBatchNorm"]
 
@@ -25,7 +25,7 @@ class PopulationBatchNorm(nn.Module):
         num_features: channels C.
         eps: added to the variance.
         decay: weight of the old population value (TF style); ``self.momentum`` is the
-            PyTorch-style equivalent (``bnlab.norm.functional.momentum_from_decay``, which
+            PyTorch-style equivalent (``bnlab.norm.ops.functional.momentum_from_decay``, which
             also validates it).
 
     Raises:

@@ -205,7 +205,7 @@ def _swap_in_sync_bn(model: nn.Module) -> int:
     holding its state (variants that normalize differently are left alone); return how
     many layers synchronize now."""
     from bnlab.norm import BATCH_NORM_TYPES
-    from bnlab.norm.sync import SyncBatchNorm, convert_sync_batchnorm
+    from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
 
     count = 0
     for name, child in list(model.named_children()):
