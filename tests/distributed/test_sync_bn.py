@@ -309,6 +309,10 @@ def _short_timeout_group(seconds: float) -> dist.ProcessGroup:
     itself keeps a generous timeout, so a slow interpreter start cannot fail the test)."""
     group = dist.new_group(ranks=list(range(dist.get_world_size())), timeout=_td(seconds))
     assert group is not None
+    # Every rank's gloo connections are up before a test makes one die: a rank that exits
+    # while a peer is still connecting fails that peer inside new_group (seen once under
+    # load), not in the collective the test is about.
+    dist.barrier(group)
     return group
 
 
