@@ -126,8 +126,7 @@ def batch_stats(x: Tensor, channel_dim: int = 1) -> tuple[Tensor, Tensor]:
         shift = xc.new_zeros(channel_shape(x.dim(), x.shape[channel_dim], channel_dim))
     shifted = xc - shift
     # Two passes (mean, then the mean squared deviation) rather than E[d^2] - E[d]^2:
-    # no cancellation. Also 2-3x faster than torch.var_mean on CPU (side by side on a
-    # (32, 64, 28, 28) float32 batch, one thread: 9 ms vs 28 ms).
+    # no cancellation; also faster than torch.var_mean on the CPU (docs/norm.md).
     mean_shifted = shifted.mean(dims, keepdim=True)
     deviation = shifted - mean_shifted
     var = (deviation * deviation).mean(dims)

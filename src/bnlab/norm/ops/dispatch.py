@@ -183,7 +183,7 @@ def _native(
     ``F.batch_norm`` wraps, skipping that wrapper's second round of Python checks (a few
     microseconds, a tenth of a small layer's whole call). Training with ``eps <= 0``
     still goes through ``F.batch_norm``, which refuses it. cuDNN's switch is read only
-    for CUDA inputs (reading it costs 0.6 us, and the CPU kernel ignores it).
+    for CUDA inputs (reading it costs time on every call, and the CPU kernel ignores it).
     """
     if training and eps <= 0.0:
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

@@ -1,8 +1,8 @@
 """Reused memory for the fused kernels' large outputs (``y`` forward, ``dx`` backward).
 
 A fresh large tensor costs a page fault per 4 KB the first time it is written: for a
-51 MB activation about 12,500 faults, measured at 20 ms of CPU time on this project's
-machine, three times the kernel itself. glibc maps allocations above 32 MB fresh from the
+51 MB activation about 12,500 faults, several times the kernel's own time (measured:
+docs/performance.md, "The kernels"). glibc maps allocations above 32 MB fresh from the
 kernel every time, so PyTorch's default allocator pays this on every call. The pool keeps
 anonymous ``mmap`` buffers and hands one out again once no tensor uses it (its reference
 count, held by every tensor storage made from it, tells), so a training loop writes into

@@ -114,10 +114,8 @@ def _column_maps(layout: str, width: int, rep: int) -> tuple[np.ndarray, np.ndar
 # numba's pool size, fixed at its first parallel launch (NUMBA_NUM_THREADS).
 _MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
 # Below this many values a kernel runs on one thread: waking the second thread and
-# joining it costs about 4 us per parallel region (a kernel has two), more than it saves
-# on small tensors (measured on 2 cores, docs/performance.md: at 64x76 values 9 us on
-# one thread, 18 us on two; at 64x32x7x7 72 us against 87 us; from 64x12x14x14 on, two
-# threads win).
+# joining it (per parallel region; a kernel has two) costs more than it saves on small
+# tensors. The measurements that set it: docs/performance.md, "The kernels".
 _SERIAL_MAX_NUMEL = 1 << 17
 # numba's thread count is per calling thread; remember what was set in each.
 _thread_state = threading.local()
