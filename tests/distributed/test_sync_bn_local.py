@@ -184,3 +184,26 @@ def test_registry_builds_sync_bn() -> None:
 def test_spawn_rejects_a_bad_world_size() -> None:
     with pytest.raises(ValueError, match="world_size must be at least 1, got 0"):
         spawn(print, 0)
+
+
+def _nonfinite_worker(rank: int, world: int) -> dict[str, object]:
+    """Two ranks train one SyncBatchNorm step; rank 1's shard holds a NaN on the second."""
+    bn = SyncBatchNorm(3)
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(rank))
+    bn(x)
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    bad = x.clone()
+    if rank == 1:
+        bad[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="refused a non-finite batch"):
+        bn(bad)
+    return {
+        "kept": torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1]),
+        "tracked": int(bn.num_batches_tracked),
+        "refused": bn.refused_batches,
+    }
+
+
+def test_the_guard_covers_the_multi_process_path() -> None:
+    for out in spawn(_nonfinite_worker, 2, timeout_s=30, deadline_s=120):
+        assert out == {"kept": True, "tracked": 1, "refused": 1}

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
+from bnlab.norm.layers import safe
 from bnlab.norm.layers.modules import _BatchNorm
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops import functional as F
@@ -337,8 +338,14 @@ class SyncBatchNorm(_BatchNorm):
         )
         momentum = self._step_momentum()
         if self.track_running_stats:
+            # The non-finite guard, as on the one-process path. Every rank holds the same
+            # global statistics, so every rank makes the same decision.
+            guard = safe.guard_for(self, input, True)
             rm, rv = self.running_mean, self.running_var
+            if guard is not None and not guard[0]:  # the update goes to copies
+                rm, rv = guard[1]
             F.update_running_stats(rm, rv, mean, var_unbiased, momentum)
+            safe.finish_guard(self, guard)
         return y
 
 
