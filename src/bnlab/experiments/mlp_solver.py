@@ -18,7 +18,7 @@ from bnlab.data import TrainBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.experiments.sigmoid_mlp import threads
 from bnlab.models.mlp import build_mlp
-from bnlab.report.claims import Threshold, against_reference, final, paired
+from bnlab.report.claims import Threshold, against_reference, final, paired, paired_runs
 from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Claim, Curve, Metric, Verdict
@@ -272,11 +272,9 @@ def _paired_check(key: str, better: str) -> Callable[[ExperimentResults], Verdic
     """Per seed (same initial batches), bn's ``key`` is higher (``better="higher"``) or lower."""
 
     def check(results: ExperimentResults) -> Verdict:
-        plain = {run.seed: run.metric(key) for run in results.complete("no-bn")}
         pairs = [
-            (run.seed, run.metric(key), plain[run.seed])
-            for run in results.complete("bn")
-            if run.seed in plain
+            (bn.seed, bn.metric(key), plain.metric(key))
+            for bn, plain in paired_runs(results, "bn", "no-bn")
         ]
         pairs_ok = [(s, a, b) for s, a, b in pairs if a is not None and b is not None]
         if not pairs_ok:

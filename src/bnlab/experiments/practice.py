@@ -22,7 +22,7 @@ from bnlab.data.datasets import Split
 from bnlab.experiments.base import RunContext
 from bnlab.norm.layers.registry import get_norm
 from bnlab.norm.layers.safe import NonFiniteBatchWarning, refusals
-from bnlab.report.claims import describe
+from bnlab.report.claims import describe, paired_runs
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Figure, Table, Verdict
 from bnlab.report.stats import format_summary, summarize
@@ -243,11 +243,9 @@ def paired_differences(
     results: ExperimentResults, minuend: str, subtrahend: str, key: str = "test_accuracy"
 ) -> list[float]:
     """``key(minuend) - key(subtrahend)`` for every seed finished in both variants."""
-    left = {r.seed: r.metric(key) for r in results.complete(minuend)}
-    right = {r.seed: r.metric(key) for r in results.complete(subtrahend)}
     gaps = []
-    for seed in sorted(set(left) & set(right)):
-        a, b = left[seed], right[seed]
+    for run_a, run_b in sorted(paired_runs(results, minuend, subtrahend), key=lambda p: p[0].seed):
+        a, b = run_a.metric(key), run_b.metric(key)
         if a is not None and b is not None:
             gaps.append(float(a) - float(b))
     return gaps

@@ -22,7 +22,14 @@ from torch import Tensor
 from bnlab.data import TrainBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
 from bnlab.models.mlp import SigmoidMLP
-from bnlab.report.claims import Quantity, Threshold, against_reference, describe, final
+from bnlab.report.claims import (
+    Quantity,
+    Threshold,
+    against_reference,
+    describe,
+    final,
+    paired_runs,
+)
 from bnlab.report.plots import PALETTE, png_bytes
 from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
 from bnlab.report.results import ExperimentResults, RunRecord
@@ -340,15 +347,9 @@ def _accuracy_series(run: RunRecord) -> dict[int, float]:
     return run.series(TEST_TAG, "accuracy")
 
 
-def _paired(results: ExperimentResults, a: str, b: str) -> list[tuple[RunRecord, RunRecord]]:
-    """Finished runs of variants ``a`` and ``b`` with the same seed (same weights, batches)."""
-    other = {run.seed: run for run in results.complete(b)}
-    return [(run, other[run.seed]) for run in results.complete(a) if run.seed in other]
-
-
 def _bn_above_check(results: ExperimentResults) -> Verdict:
     """Per seed: BN accuracy >= no-BN accuracy at >= 95% of the logged steps, and at the end."""
-    pairs = _paired(results, "bn", "no-bn")
+    pairs = paired_runs(results, "bn", "no-bn")
     if not pairs:
         return Verdict("no seed with both bn and no-bn finished", None)
     shares: list[float] = []
@@ -375,7 +376,7 @@ def _first_step_at(series: dict[int, float], level: float) -> int | None:
 
 def _faster_check(results: ExperimentResults) -> Verdict:
     """Per seed: BN reaches 90% test accuracy in fewer steps than no-BN (or no-BN never does)."""
-    pairs = _paired(results, "bn", "no-bn")
+    pairs = paired_runs(results, "bn", "no-bn")
     if not pairs:
         return Verdict("no seed with both bn and no-bn finished", None)
     rows = []
@@ -433,7 +434,7 @@ def _jitter(run: RunRecord, neurons: int = 5) -> tuple[float, float] | None:
 
 
 def _stable_inputs_check(results: ExperimentResults) -> Verdict:
-    pairs = _paired(results, "bn", "no-bn")
+    pairs = paired_runs(results, "bn", "no-bn")
     values = [(_jitter(bn), _jitter(plain)) for bn, plain in pairs]
     values_ok = [(a, b) for a, b in values if a is not None and b is not None]
     if not values_ok:
@@ -517,7 +518,7 @@ def _per_pair(fn: Callable[[RunRecord, RunRecord], float | None], label: str) ->
     """A quantity computed per seed from its finished bn and no-bn runs."""
 
     def values(results: ExperimentResults) -> list[float]:
-        out = [fn(bn, plain) for bn, plain in _paired(results, "bn", "no-bn")]
+        out = [fn(bn, plain) for bn, plain in paired_runs(results, "bn", "no-bn")]
         return [v for v in out if v is not None]
 
     return Quantity(label, values)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bnlab.report.reference import Reference
-from bnlab.report.results import ExperimentResults
+from bnlab.report.results import ExperimentResults, RunRecord
 from bnlab.report.spec import Verdict
 from bnlab.report.stats import (
     ALPHA,
@@ -66,6 +66,17 @@ LITERAL_RULE = (
 )
 
 Check = Callable[[ExperimentResults], Verdict]
+
+
+def paired_runs(results: ExperimentResults, a: str, b: str) -> list[tuple[RunRecord, RunRecord]]:
+    """Finished runs of variants ``a`` and ``b`` with the same seed (so the same initial
+    weights and batch order), in ``a``'s order: the one pairing every paired claim uses.
+
+    >>> paired_runs(ExperimentResults("x"), "bn", "no-bn")
+    []
+    """
+    other = {run.seed: run for run in results.complete(b)}
+    return [(run, other[run.seed]) for run in results.complete(a) if run.seed in other]
 
 
 def describe(variant: str, values: Sequence[float], fmt: str, *, worst: str | None = None) -> str:
