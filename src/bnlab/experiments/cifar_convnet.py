@@ -191,12 +191,7 @@ def run(config: CifarConvNetConfig, data: CifarData, ctx: RunContext) -> dict[st
     ``val_loss`` and ``val_accuracy`` on the test set (the seed's ``validation_data``) in
     inference mode. Writes ``artefacts/model_summary.txt``/``.json`` and ``examples.png``.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads)
-    try:
-        return _run(config, data, ctx)
-    finally:
-        torch.set_num_threads(previous)
+    return _run(config, data, ctx)
 
 
 def _run(config: CifarConvNetConfig, data: CifarData, ctx: RunContext) -> dict[str, float]:

@@ -262,12 +262,7 @@ def run(config: ImageFCNConfig, data: Any, ctx: RunContext) -> dict[str, float]:
     ``parameters.json`` (trainable parameters vs population buffers).
     """
     del data
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.num_threads)
-    try:
-        return _run(config, ctx)
-    finally:
-        torch.set_num_threads(previous)
+    return _run(config, ctx)
 
 
 def _run(config: ImageFCNConfig, ctx: RunContext) -> dict[str, float]:

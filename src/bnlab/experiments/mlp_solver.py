@@ -16,7 +16,6 @@ from torch import Tensor
 
 from bnlab.data import TrainBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.experiments.sigmoid_mlp import threads
 from bnlab.models.mlp import build_mlp
 from bnlab.report.claims import Threshold, against_reference, final, paired, paired_runs
 from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
@@ -188,8 +187,7 @@ def run(config: MLPSolverConfig, data: Any, ctx: RunContext) -> dict[str, float]
     and validation loss and accuracy (one batch). Final metrics: the last epoch's values and
     the test loss and accuracy.
     """
-    with threads(config.num_threads):
-        return _run(config, data, ctx)
+    return _run(config, data, ctx)
 
 
 def _run(config: MLPSolverConfig, data: Any, ctx: RunContext) -> dict[str, float]:

@@ -152,21 +152,6 @@ def probe_statistics(probe: Tensor, neurons: int, percentiles: Sequence[float]) 
 
 
 @contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, then restore the previous count.
-
-    The MNIST MLPs take tens of thousands of steps on (60, 784) batches; on two shared
-    cores one thread avoids the OpenMP hand-off that costs more than the arithmetic.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
 def _population_frozen(model: torch.nn.Module, freeze: bool) -> Iterator[None]:
     """Restore every ``pop_*`` buffer on exit when ``freeze`` (an evaluation, no side effect)."""
     saved = (
@@ -198,8 +183,7 @@ def run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float
     restores them, and measures single-example and whole-test-set accuracy with population
     statistics.
     """
-    with threads(config.num_threads):
-        return _run(config, data, ctx)
+    return _run(config, data, ctx)
 
 
 def _run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
