@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
 from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
-from bnlab.norm.layers.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
+from bnlab.norm.layers.ghost import (
+    GhostBatchNorm,
+    GhostBatchNorm1d,
+    GhostBatchNorm2d,
+    GhostBatchNorm3d,
+)
 from bnlab.norm.layers.group import GroupNorm, InstanceNorm, LayerNorm
 from bnlab.norm.layers.modules import BATCH_NORM_TYPES, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.layers.recurrent import RecurrentBatchNorm
 from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
-from bnlab.norm.layers.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, RenormSchedule
+from bnlab.norm.layers.renorm import (
+    BatchRenorm,
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenorm3d,
+    RenormSchedule,
+)
 from bnlab.norm.layers.safe import label_layers, refusals
 from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
 from bnlab.norm.ops.dispatch import available_backends, register_backend, resolve_backend
@@ -44,6 +55,7 @@ __all__ = [
     "BatchNormReLU1d",
     "BatchNormReLU2d",
     "BatchNormReLU3d",
+    "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
@@ -51,6 +63,7 @@ __all__ = [
     "Finding",
     "FoldWarning",
     "FrozenBatchNorm",
+    "GhostBatchNorm",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNorm3d",

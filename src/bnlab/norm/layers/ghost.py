@@ -12,12 +12,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.norm.layers.modules import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    _BatchNorm,
+    check_any_rank,
+)
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops import _validation
 from bnlab.norm.ops.core import batch_stats, normalize, unbiased_var, update_running_stats
 
-__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d", "ghost_sizes"]
+__all__ = [
+    "GhostBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+    "ghost_sizes",
+]
 
 
 def ghost_sizes(batch_size: int, virtual_batch_size: int, values_per_example: int) -> list[int]:
@@ -42,7 +54,7 @@ def ghost_sizes(batch_size: int, virtual_batch_size: int, values_per_example: in
     return sizes
 
 
-class _GhostBatchNorm(_BatchNorm):
+class GhostBatchNorm(_BatchNorm):
     """Batch norm whose training statistics come from virtual batches of the input.
 
     Training: the batch is split along dim 0 (:func:`ghost_sizes`); virtual batch ``k``
@@ -54,7 +66,15 @@ class _GhostBatchNorm(_BatchNorm):
     statistics. A batch no larger than ``virtual_batch_size`` is plain batch norm.
 
     Extra keyword-only argument: ``virtual_batch_size`` (default 32).
+
+    Any rank: ``(N, C, *)`` (``GhostBatchNorm1d/2d/3d`` are the rank-checked drop-ins).
+
+    >>> GhostBatchNorm(3, virtual_batch_size=2)(torch.randn(4, 3, 5)).shape
+    torch.Size([4, 3, 5])
     """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        check_any_rank(type(self).__name__, input)
 
     def __init__(
         self,
@@ -114,7 +134,7 @@ class _GhostBatchNorm(_BatchNorm):
         return f"{super().extra_repr()}, virtual_batch_size={self.virtual_batch_size}"
 
 
-class GhostBatchNorm1d(_GhostBatchNorm):
+class GhostBatchNorm1d(GhostBatchNorm):
     """Ghost batch norm over ``(N, C)`` or ``(N, C, L)`` input. See :class:`GhostBatchNorm2d`.
 
     >>> GhostBatchNorm1d(4, virtual_batch_size=4)(torch.randn(12, 4)).shape
@@ -124,7 +144,7 @@ class GhostBatchNorm1d(_GhostBatchNorm):
     _check_input_dim = BatchNorm1d._check_input_dim
 
 
-class GhostBatchNorm2d(_GhostBatchNorm):
+class GhostBatchNorm2d(GhostBatchNorm):
     """Ghost batch normalization over ``(N, C, H, W)`` input.
 
     Training: each virtual batch of ``virtual_batch_size`` examples is batch-normalized on
@@ -150,7 +170,7 @@ class GhostBatchNorm2d(_GhostBatchNorm):
     _check_input_dim = BatchNorm2d._check_input_dim
 
 
-class GhostBatchNorm3d(_GhostBatchNorm):
+class GhostBatchNorm3d(GhostBatchNorm):
     """Ghost batch norm over ``(N, C, D, H, W)`` input. See :class:`GhostBatchNorm2d`.
 
     >>> GhostBatchNorm3d(2, virtual_batch_size=2)(torch.randn(4, 2, 3, 3, 3)).shape

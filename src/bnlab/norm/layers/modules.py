@@ -251,6 +251,15 @@ def _fx_leaf(layer: nn.Module, input: Proxy) -> Proxy:
     return tracer.create_proxy("call_module", path, (input,), {})
 
 
+def check_any_rank(layer: str, input: Tensor) -> None:
+    """The rank check of the layers that accept any ``(N, C, *)`` input (sync, ghost, renorm)."""
+    if input.dim() < 2:
+        raise ValueError(
+            f"{layer} expects input of at least 2 dims (N, C, *); got {input.dim()}-D input "
+            f"of shape {tuple(input.shape)}"
+        )
+
+
 def _rank_error(layer: str, accepted: str, input: Tensor) -> ValueError:
     return ValueError(
         f"{layer} expects {accepted} input; got {input.dim()}-D input of shape {tuple(input.shape)}"

@@ -14,11 +14,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from bnlab.norm.layers.modules import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    _BatchNorm,
+    check_any_rank,
+)
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops.core import batch_stats, normalize, unbiased_var, update_running_stats
 
 __all__ = [
+    "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
@@ -107,7 +114,7 @@ def renorm_factors(
     return r, d
 
 
-class _BatchRenorm(_BatchNorm):
+class BatchRenorm(_BatchNorm):
     """Batch renormalization; training output ``weight * (r * x_hat_B + d) + bias``.
 
     ``x_hat_B = (x - mu_B) / sigma_B`` is batch norm's normalized value; ``r`` and ``d``
@@ -125,7 +132,14 @@ class _BatchRenorm(_BatchNorm):
     Raises:
         ValueError: ``track_running_stats=False`` (renorm needs population statistics),
             or limits out of range.
+    Any rank: ``(N, C, *)`` (``BatchRenorm1d/2d/3d`` are the rank-checked drop-ins).
+
+    >>> BatchRenorm(3)(torch.randn(4, 3, 5)).shape
+    torch.Size([4, 3, 5])
     """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        check_any_rank(type(self).__name__, input)
 
     def __init__(
         self,
@@ -190,7 +204,7 @@ class _BatchRenorm(_BatchNorm):
         )
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(BatchRenorm):
     """Batch renorm over ``(N, C)`` or ``(N, C, L)`` input. See :class:`BatchRenorm2d`.
 
     >>> BatchRenorm1d(4, r_max=2.0, d_max=1.0)(torch.randn(8, 4)).shape
@@ -200,7 +214,7 @@ class BatchRenorm1d(_BatchRenorm):
     _check_input_dim = BatchNorm1d._check_input_dim
 
 
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(BatchRenorm):
     """Batch renormalization (Ioffe 2017) over ``(N, C, H, W)`` input.
 
     Training: ``y = weight * (r * (x - mu_B) / sigma_B + d) + bias`` with ``r``, ``d``
@@ -226,7 +240,7 @@ class BatchRenorm2d(_BatchRenorm):
     _check_input_dim = BatchNorm2d._check_input_dim
 
 
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(BatchRenorm):
     """Batch renorm over ``(N, C, D, H, W)`` input. See :class:`BatchRenorm2d`.
 
     >>> BatchRenorm3d(2)(torch.randn(2, 2, 3, 3, 3)).shape

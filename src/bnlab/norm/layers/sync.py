@@ -18,7 +18,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
 from bnlab.norm.layers import safe
-from bnlab.norm.layers.modules import _BatchNorm
+from bnlab.norm.layers.modules import _BatchNorm, check_any_rank
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops import functional as F
 from bnlab.norm.ops.core import merge_moments
@@ -318,11 +318,7 @@ class SyncBatchNorm(_BatchNorm):
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(
-                f"SyncBatchNorm expects input of at least 2 dims (N, C, *); got "
-                f"{input.dim()}-D input of shape {tuple(input.shape)}"
-            )
+        check_any_rank("SyncBatchNorm", input)
 
     def forward(self, input: Tensor) -> Tensor:
         world = _world_size(self.process_group)
