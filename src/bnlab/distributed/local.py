@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -126,8 +127,13 @@ def _child(
     with open(tmp, "wb") as fh:
         pickle.dump(outcome, fh)
     os.replace(tmp, result_path)
-    if outcome[0] == "error":
-        raise SystemExit(1)
+    # Leave without the interpreter's teardown: with the outcome safe on disk, nothing is
+    # left to do, and C++ destructors of torch.distributed's threads at exit sometimes
+    # abort the process ("terminate called without an active exception", status -6),
+    # which would hide a finished rank behind a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if outcome[0] == "error" else 0)
 
 
 def spawn(
