@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from bnlab.data import load_mnist
+from bnlab.data.batching import NonIIDBatches
 from bnlab.data.datasets import Split
 from bnlab.data.synthetic import write_fake_mnist
 from bnlab.experiments import experiment_names, get_experiment, run_one
-from bnlab.experiments.practice import NonIIDBatches, sweep_blocks
 from bnlab.report import ExperimentResults, RunRecord
 from bnlab.report.spec import Figure, Table
+from bnlab.report.sweep import sweep_blocks
 
 NAMES = ("bn-batch-size", "bn-learning-rate", "renorm-small-batch", "precise-bn")
 

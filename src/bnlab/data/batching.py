@@ -6,6 +6,7 @@ No DataLoader, no worker processes: a batch is ``index_select`` on tensors alrea
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,3 +206,46 @@ class EvalBatches:
         for start in range(0, len(self.split), self.batch_size):
             stop = start + self.batch_size
             yield self.split.images[start:stop], self.split.labels[start:stop]
+
+
+class NonIIDBatches:
+    """Training batches that each hold only ``classes_per_batch`` classes (non-i.i.d.).
+
+    Every batch draws ``classes_per_batch`` distinct classes, then ``batch_size`` examples
+    uniformly from those classes. Batch statistics then depend on which classes were
+    drawn, the situation of Ioffe 2017, Sec. 4.2. Checkpointable like ``TrainBatches``.
+
+    >>> split = Split(torch.zeros(40, 1, 2, 2), torch.arange(40) % 10)
+    >>> x, y = NonIIDBatches(split, 8, classes_per_batch=2, seed=0).next_batch()
+    >>> len(set(y.tolist())) <= 2, tuple(x.shape)
+    (True, (8, 1, 2, 2))
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, classes_per_batch: int, seed: int) -> None:
+        self.split = split
+        self.batch_size = int(batch_size)
+        labels = split.labels
+        self.classes = sorted(set(labels.tolist()))
+        if not 1 <= classes_per_batch <= len(self.classes):
+            raise ValueError(
+                f"classes_per_batch must lie in [1, {len(self.classes)}]; got {classes_per_batch}"
+            )
+        self.classes_per_batch = classes_per_batch
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in self.classes]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """The next ``(images, labels)`` batch."""
+        g = self.generator
+        picked = torch.randperm(len(self.classes), generator=g)[: self.classes_per_batch]
+        pool = torch.cat([self.by_class[int(i)] for i in picked])
+        idx = pool[torch.randint(len(pool), (self.batch_size,), generator=g)]
+        return self.split.images.index_select(0, idx), self.split.labels.index_select(0, idx)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state (a uint8 tensor)."""
+        return {"generator": self.generator.get_state(), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`."""
+        self.generator.set_state(state["generator"])

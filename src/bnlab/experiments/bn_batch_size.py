@@ -13,15 +13,12 @@ from typing import Any
 import torch
 
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.experiments.practice import (
-    mnist_batches,
-    mnist_mlp,
-    paired_check,
-    sweep_blocks,
-    train_classifier,
-)
+from bnlab.experiments.practice import mnist_batches, train_classifier
+from bnlab.models.small import mnist_mlp
+from bnlab.report.claims import paired_check
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Metric
+from bnlab.report.sweep import sweep_blocks
 
 __all__ = ["BATCH_SIZES", "SPEC", "BatchSizeConfig", "build_model", "run"]
 

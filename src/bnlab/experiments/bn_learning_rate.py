@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.experiments.practice import mnist_batches, mnist_mlp, sweep_blocks, train_classifier
+from bnlab.experiments.practice import mnist_batches, train_classifier
 from bnlab.models.init import tf_init_
+from bnlab.models.small import mnist_mlp
 from bnlab.report.claims import describe
 from bnlab.report.results import ExperimentResults
 from bnlab.report.spec import Block, Claim, Curve, Metric, Verdict
+from bnlab.report.sweep import sweep_blocks
 
 __all__ = ["LEARNING_RATES", "SPEC", "LearningRateConfig", "build_model", "run"]
 

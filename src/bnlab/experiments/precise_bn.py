@@ -18,7 +18,7 @@ from torch import nn
 from bnlab.data import TrainBatches
 from bnlab.experiments import deep_cnn
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.experiments.practice import BACKEND
+from bnlab.models.small import BACKEND
 from bnlab.norm.layers.modules import BATCH_NORM_TYPES
 from bnlab.norm.tools.precise import precise_bn
 from bnlab.report.claims import describe

@@ -12,14 +12,11 @@ from typing import Any
 
 import torch
 
+from bnlab.data.batching import NonIIDBatches
 from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.experiments.practice import (
-    NonIIDBatches,
-    mnist_batches,
-    mnist_mlp,
-    paired_check,
-    train_classifier,
-)
+from bnlab.experiments.practice import mnist_batches, train_classifier
+from bnlab.models.small import mnist_mlp
+from bnlab.report.claims import paired_check
 from bnlab.report.spec import Claim, Curve, Metric
 
 __all__ = ["SPEC", "RenormConfig", "build_model", "run"]

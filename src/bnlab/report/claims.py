@@ -331,3 +331,41 @@ def against_reference(
         return Verdict(measured, False, ref_text, "bnlab worse than the original", basis)
 
     return check
+
+
+def paired_differences(
+    results: ExperimentResults, minuend: str, subtrahend: str, key: str = "test_accuracy"
+) -> list[float]:
+    """``key(minuend) - key(subtrahend)`` for every seed finished in both variants."""
+    gaps = []
+    for run_a, run_b in sorted(paired_runs(results, minuend, subtrahend), key=lambda p: p[0].seed):
+        a, b = run_a.metric(key), run_b.metric(key)
+        if a is not None and b is not None:
+            gaps.append(float(a) - float(b))
+    return gaps
+
+
+def paired_check(
+    minuend: str,
+    subtrahend: str,
+    holds: Callable[[float], bool],
+    key: str = "test_accuracy",
+    fmt: str = "pct",
+) -> Callable[[ExperimentResults], Verdict]:
+    """A claim check on per-seed differences ``key(minuend) - key(subtrahend)`` (same seed,
+    so the same initial weights and batch order): it holds when ``holds(gap)`` is true for
+    every seed; with no seed finished in both variants the verdict is "not measured".
+
+    >>> check = paired_check("gn-b2", "bn-b2", lambda gap: gap > 0.05)
+    >>> check(ExperimentResults("x")).holds is None
+    True
+    """
+
+    def check(results: ExperimentResults) -> Verdict:
+        gaps = paired_differences(results, minuend, subtrahend, key)
+        label = f"{minuend} − {subtrahend}, per seed"
+        if not gaps:
+            return Verdict(f"{label}: no seed finished in both", None)
+        return Verdict(describe(label, gaps, fmt), all(holds(g) for g in gaps))
+
+    return check
