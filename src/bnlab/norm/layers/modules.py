@@ -146,9 +146,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         pass_buffers = not training or self.track_running_stats
         if not pass_buffers:
             running_mean = running_var = None
-        guard = safe.guard_for(self, input, tracking)
-        if guard is not None and not guard[0]:  # the update goes to copies (see safe)
-            running_mean, running_var = guard[1]
+        guard, running_mean, running_var = safe.guard_for(
+            self, input, tracking, running_mean, running_var
+        )
         output = self._batch_norm(input, running_mean, running_var, use_batch_stats, momentum)
         safe.finish_guard(self, guard)
         return output

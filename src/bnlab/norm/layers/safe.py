@@ -227,16 +227,22 @@ def restore_if_nonfinite(layer: Any, shadow: tuple[Tensor, ...] | None) -> None:
     )
 
 
-def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | None:
+_Guard = tuple[bool, Any]
+
+
+def guard_for(
+    layer: Any, input: Tensor, tracking: bool, mean: Tensor | None, var: Tensor | None
+) -> tuple[_Guard | None, Tensor | None, Tensor | None]:
     """Start the non-finite guard for one forward of ``layer`` on ``input``.
 
-    Returns what :func:`finish_guard` needs, or None when there is nothing to guard
-    (``tracking`` False, ``layer.guard_nonfinite`` False, or no running statistics). On
-    the device path the update goes to copies of the running statistics, ``(True, ...)``
-    never, ``(False, (mean, var))`` with the copies the caller must pass to the kernel.
+    ``mean``/``var`` are the running statistics the forward would update. Returns
+    ``(guard, mean, var)``: what :func:`finish_guard` needs (None when there is nothing to
+    guard: ``tracking`` False, ``layer.guard_nonfinite`` False, no running statistics),
+    and the tensors the kernel must update instead: the buffers themselves on the host
+    path, copies of them on the device path (the buffers take the copies only if finite).
     """
-    if not (tracking and layer.guard_nonfinite):
-        return None
+    if not (tracking and layer.guard_nonfinite) or mean is None or var is None:
+        return None, mean, var
     # Plain eager CPU, where reading a value costs no device sync: the host check.
     # (is_compiling first: under dynamo it is constant True and the rest is not traced.)
     if (
@@ -246,16 +252,14 @@ def guard_for(layer: Any, input: Tensor, tracking: bool) -> tuple[bool, Any] | N
         and not torch._C._is_tracing()
     ):
         shadow = snapshot_running_stats(layer, True)
-        return None if shadow is None else (True, shadow)
-    mean, var = layer.running_mean, layer.running_var
-    if mean is None or var is None:
-        return None
-    # The kernel updates copies; the buffers take them only if finite. (Updating the
-    # buffers and restoring them would modify tensors autograd saved for backward.)
-    return False, (mean.clone(), var.clone())
+        return (None if shadow is None else (True, shadow)), mean, var
+    # Copies, not the buffers: restoring a buffer afterwards would modify a tensor that
+    # autograd saved for backward.
+    new_mean, new_var = mean.clone(), var.clone()
+    return (False, (new_mean, new_var)), new_mean, new_var
 
 
-def finish_guard(layer: Any, guard: tuple[bool, Any] | None) -> None:
+def finish_guard(layer: Any, guard: _Guard | None) -> None:
     """Complete the guard :func:`guard_for` started, after the running-statistics update."""
     if guard is None:
         return

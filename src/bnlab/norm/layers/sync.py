@@ -336,10 +336,7 @@ class SyncBatchNorm(_BatchNorm):
         if self.track_running_stats:
             # The non-finite guard, as on the one-process path. Every rank holds the same
             # global statistics, so every rank makes the same decision.
-            guard = safe.guard_for(self, input, True)
-            rm, rv = self.running_mean, self.running_var
-            if guard is not None and not guard[0]:  # the update goes to copies
-                rm, rv = guard[1]
+            guard, rm, rv = safe.guard_for(self, input, True, self.running_mean, self.running_var)
             F.update_running_stats(rm, rv, mean, var_unbiased, momentum)
             safe.finish_guard(self, guard)
         return y
