@@ -35,7 +35,7 @@ from bnlab.train import Hook, HookContext, Trainer, evaluate, every
 from bnlab.train import distributed as data_parallel
 from bnlab.train.evaluate import predict, predict_one_at_a_time
 
-__all__ = ["SPEC", "DeepCNNConfig", "build_model", "run"]
+__all__ = ["SPEC", "DeepCNNConfig", "build_model", "make_optimizer", "run"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,11 @@ class DeepCNNConfig:
     train_acc_every: int = 25  # the training batch, inference mode, elif batch_i % 25 == 0
     single_image_count: int = 100  # first N test images fed one at a time at the end
     eval_batch_size: int = 1000  # chunk size for evaluation (memory only; same result)
-    # -- engine --
+    # -- engine (speed only: the same model and update rule; docs/performance.md) --
+    channels_last: bool = True  # NHWC weights and activations: oneDNN's faster conv layout
+    fused_adam: bool = True  # torch.optim.Adam(fused=True): one kernel for all parameters
+    num_threads: int = 1  # intra-op threads, fixed so that a run's numbers never depend on
+    # how many runs share the machine (bnlab reproduce --jobs)
     checkpoint_every: int = 100  # steps between checkpoints (resume point)
     log_every: int = 25  # steps between metric writes (one host sync per chunk)
 
@@ -77,6 +81,7 @@ class DeepCNNConfig:
             "train_acc_every",
             "single_image_count",
             "eval_batch_size",
+            "num_threads",
             "log_every",
         ):
             if getattr(self, name) < 1:
@@ -86,8 +91,10 @@ class DeepCNNConfig:
 
 
 def build_model(config: DeepCNNConfig, image_size: int = 28) -> torch.nn.Module:
-    """The network of ``config`` (initialized from the current torch RNG state)."""
-    return DeepCNN(
+    """The network of ``config`` (initialized from the current torch RNG state), in the
+    channels-last memory format when ``config.channels_last`` (its inputs need no change:
+    a one-channel NCHW image batch is already channels-last)."""
+    model = DeepCNN(
         num_conv_layers=config.num_conv_layers,
         filters_per_depth=config.filters_per_depth,
         dense_units=config.dense_units,
@@ -99,6 +106,18 @@ def build_model(config: DeepCNNConfig, image_size: int = 28) -> torch.nn.Module:
         bn_decay=config.bn_decay,
         conv_init=config.conv_init,
         conv_init_std=config.conv_init_std,
+    )
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def make_optimizer(model: torch.nn.Module, config: DeepCNNConfig) -> torch.optim.Adam:
+    """The seed's ``tf.train.AdamOptimizer(learning_rate)`` (TF1's epsilon) over ``model``."""
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(0.9, 0.999),
+        eps=config.adam_eps,
+        fused=config.fused_adam,
     )
 
 
@@ -126,9 +145,7 @@ def run(config: DeepCNNConfig, data: Any, ctx: RunContext) -> dict[str, float]:
     # network to evaluate; one process: `model` itself. Before the optimizer (new BN params).
     dp = data_parallel.current()
     train_model = dp.wrap(model)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_eps
-    )
+    optimizer = make_optimizer(model, config)
     batches = dp.shard(TrainBatches(data.train, config.batch_size, seed=config.seed))
     val, test = data.validation, data.test
 

@@ -47,6 +47,10 @@ class PreciseBNConfig:
     precise_batch_size: int = 64  # examples per precise batch (same as training)
     single_image_count: int = 1000  # first test images fed one at a time per statistics
     validate_every: int = 200  # steps between validation measurements
+    # -- engine (speed only; as deep-cnn's) --
+    channels_last: bool = True  # NHWC weights and activations
+    fused_adam: bool = True  # torch.optim.Adam(fused=True)
+    num_threads: int = 1  # intra-op threads, fixed whatever --jobs is
 
     def __post_init__(self) -> None:
         for name in (
@@ -57,6 +61,7 @@ class PreciseBNConfig:
             "precise_batch_size",
             "single_image_count",
             "validate_every",
+            "num_threads",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"PreciseBNConfig.{name} must be >= 1; got {getattr(self, name)}")
@@ -73,6 +78,9 @@ def _deep_cnn_config(config: PreciseBNConfig) -> deep_cnn.DeepCNNConfig:
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         num_batches=config.num_batches,
+        channels_last=config.channels_last,
+        fused_adam=config.fused_adam,
+        num_threads=config.num_threads,
     )
 
 
@@ -119,7 +127,7 @@ def run(config: PreciseBNConfig, data: Any, ctx: RunContext) -> dict[str, float]
     """Train, measure with the EMA, recompute precise statistics, measure again."""
     torch.manual_seed(config.seed)
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-8)
+    optimizer = deep_cnn.make_optimizer(model, _deep_cnn_config(config))
     val = data.validation
 
     def validation() -> dict[str, float]:
