@@ -36,11 +36,13 @@ from bnlab.train.io import write_json_atomic
 from bnlab.train.lock import RunLockedError, run_lock
 from bnlab.train.progress import progress_enabled
 from bnlab.train.rundir import RunDir
+from bnlab.train.timing import recording
 
 __all__ = [
     "ExperimentNotRunError",
     "RunOutcome",
     "data_provenance",
+    "load_experiment_data",
     "run_experiment",
     "run_one",
     "seed_list",
@@ -354,7 +356,12 @@ def _run_locked(
     try:
         # The runner owns the thread count: the config's num_threads (the experiments
         # that set one), recorded with the config; the rest run on the process's count.
-        with _numerics(spec.flush_denormal), threads(getattr(config, "num_threads", None)):
+        with (
+            _numerics(spec.flush_denormal),
+            threads(getattr(config, "num_threads", None)),
+            recording() as ledger,
+        ):
+            run_threads = torch.get_num_threads()
             metrics = spec.run(config, data, ctx)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the next call resumes from the checkpoint
@@ -377,8 +384,45 @@ def _run_locked(
     metrics = {str(k): float(v) for k, v in metrics.items()}
     wall = time.perf_counter() - t0
     if is_main:
-        run.write_result(metrics, wall_time_s=wall, sessions=sessions)
+        # Where this session's time went (train/timing.py); "other": set-up and the
+        # measurements after training.
+        run.write_result(
+            metrics,
+            wall_time_s=wall,
+            sessions=sessions,
+            torch_threads=run_threads,
+            time_s=ledger.breakdown(wall),
+        )
     return RunOutcome(spec.name, variant, seed, run.path, "done", metrics, wall_time_s=wall)
+
+
+def load_experiment_data(
+    spec: ExperimentSpec[Any, Any],
+    *,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+    is_main: bool = True,
+) -> Any:
+    """``spec.load_data``; a failure is recorded in ``out_dir/<name>/not-run.json`` (which a
+    success removes) and raised as :class:`ExperimentNotRunError`."""
+    exp_dir = Path(out_dir) / spec.name
+    try:
+        data = spec.load_data(Path(data_dir) if data_dir is not None else None, progress)
+    except BnlabError as exc:
+        if is_main:
+            write_json_atomic(
+                exp_dir / NOT_RUN,
+                {
+                    "reason": str(exc),
+                    "error": type(exc).__name__,
+                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+        raise ExperimentNotRunError(f"{spec.name} did not run: {exc}") from exc
+    if is_main:
+        (exp_dir / NOT_RUN).unlink(missing_ok=True)
+    return data
 
 
 def run_experiment(
@@ -423,22 +467,9 @@ def run_experiment(
     seeds_ = seed_list(seeds)
     show = progress_enabled(progress)
     process_git_revision()  # pin the revision of the code this process runs, before any run
-    exp_dir = Path(out_dir) / spec.name
-    try:
-        data = spec.load_data(Path(data_dir) if data_dir is not None else None, show)
-    except BnlabError as exc:
-        if is_main:
-            write_json_atomic(
-                exp_dir / NOT_RUN,
-                {
-                    "reason": str(exc),
-                    "error": type(exc).__name__,
-                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                },
-            )
-        raise ExperimentNotRunError(f"{spec.name} did not run: {exc}") from exc
-    if is_main:
-        (exp_dir / NOT_RUN).unlink(missing_ok=True)
+    data = load_experiment_data(
+        spec, out_dir=out_dir, data_dir=data_dir, progress=show, is_main=is_main
+    )
     provenance = data_provenance(data)
 
     outcomes: list[RunOutcome] = []

@@ -24,6 +24,7 @@ from bnlab.train.metrics import MetricsLog
 from bnlab.train.progress import progress_bar
 from bnlab.train.rundir import RunDir
 from bnlab.train.source import BatchSource
+from bnlab.train.timing import charge, timed
 
 
 @dataclass(frozen=True)
@@ -283,11 +284,13 @@ class Trainer:
 
         self._first_pending_step = start_step + 1
         t0 = time.perf_counter()
+        steps_s = 0.0  # charged to the run's time ledger once, at the end
         self._bar = progress_bar(
             self.num_steps, self.desc, enabled=self.progress, initial=start_step
         )
         try:
             for step in range(start_step + 1, self.num_steps + 1):
+                t_step = time.perf_counter()
                 x, y = self.batches.next_batch()
                 self.model.train()
                 loss = self.loss_fn(self.model(x), y)
@@ -295,27 +298,33 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self._losses.append(loss.detach())
+                steps_s += time.perf_counter() - t_step
                 self._bar.update(1)
 
                 batch = step - 1
                 due = [hook for hook in self.hooks if hook.when(batch)]
                 if due or step % self.log_every == 0 or step == self.num_steps:
-                    self._flush_losses()
+                    with timed("metric_writes"):
+                        self._flush_losses()
                 if due:
                     ctx = HookContext(batch=batch, step=step, model=self.model, inputs=x, targets=y)
                     for hook in due:
-                        values = dict(hook.fn(ctx))
+                        with timed(f"hook:{hook.tag}"):
+                            values = dict(hook.fn(ctx))
                         self.metrics.append(
                             {"phase": self.phase, "tag": hook.tag, "step": step, **values}
                         )
-                    self.metrics.flush()
+                    with timed("metric_writes"):
+                        self.metrics.flush()
                 at_checkpoint = self.checkpoint_every and step % self.checkpoint_every == 0
                 if self.run is not None and (at_checkpoint or step == self.num_steps):
-                    elapsed = elapsed_before + time.perf_counter() - t0
-                    offset = self.metrics.flush(fsync=True)
-                    self._state(step, elapsed, offset).save(self._checkpoint_file)  # type: ignore[arg-type]
+                    with timed("checkpoints"):
+                        elapsed = elapsed_before + time.perf_counter() - t0
+                        offset = self.metrics.flush(fsync=True)
+                        self._state(step, elapsed, offset).save(self._checkpoint_file)  # type: ignore[arg-type]
         finally:
             self._bar.close()
             self._bar = None
+            charge("train_steps", steps_s)
         elapsed = elapsed_before + time.perf_counter() - t0
         return FitResult(self.num_steps, elapsed, resumed_from, self.num_steps - start_step)
