@@ -21,16 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
+    import time
 
-    from bnlab.cli.cmd_run import name_list, out_dir, setup, summary_text
-    from bnlab.experiments import (
-        ExperimentNotRunError,
-        all_experiments,
-        experiment_names,
-        get_experiment,
-        run_experiment,
-    )
+    from bnlab.cli.cmd_run import name_list, out_dir, setup, summary_text, train_all
+    from bnlab.experiments import all_experiments, experiment_names, get_experiment
     from bnlab.report import build_report
 
     setup(args)
@@ -38,33 +32,19 @@ def run(args: argparse.Namespace) -> int:
     chosen = name_list(args.experiment, "--experiment")
     if chosen is not None:
         names = chosen
-        for name in names:
-            get_experiment(name)  # unknown names fail before anything runs
+    specs = [get_experiment(name) for name in names]  # unknown names fail before any run
     out = out_dir(args)
-    failed = 0
-    not_run: list[str] = []
-    for name in names:
-        spec = get_experiment(name)
-        print(f"== {name}: {spec.title}", file=sys.stderr)
-        try:
-            outcomes = run_experiment(
-                spec,
-                out_dir=out,
-                seeds=args.seeds,
-                quick=args.quick,
-                data_dir=args.data_dir,
-                progress=not args.no_progress,
-                restart=args.restart,
-                keep_going=True,
-            )
-        except ExperimentNotRunError as exc:
-            # Missing data must not stop the suite: the report says why and what to do.
-            print(f"{exc}", file=sys.stderr)
-            not_run.append(name)
-            continue
-        failed += sum(o.status == "failed" for o in outcomes)
-        print(f"\n{name}\n{summary_text(spec, out)}\n")
+    t0 = time.perf_counter()
+    outcomes, not_run = train_all(args, specs, None)
+    trained = time.perf_counter() - t0
+    failed = sum(o.status == "failed" for o in outcomes)
+    for spec in specs:
+        if spec.name not in not_run:
+            print(f"\n{spec.name}: {spec.title}\n{summary_text(spec, out)}")
+    t1 = time.perf_counter()
     files = build_report(out, experiments=all_experiments())
+    report_s = time.perf_counter() - t1
+    print(f"\nruns: {len(outcomes)} in {trained:.0f} s; report written in {report_s:.0f} s")
     print(f"report: {files.html}")
     print(f"summary: {files.markdown}")
     if not_run:

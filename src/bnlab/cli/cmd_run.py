@@ -49,11 +49,21 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_seeds: int)
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs trained side by side (default: one per CPU core). Each run trains on its "
+        "config's num_threads (fixed per experiment, recorded), so its numbers do not depend "
+        "on N; the threads of the runs at work never exceed the cores",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help="torch CPU threads (default: torch's choice; recorded in env.json)",
+        help="torch CPU threads of this process outside the runs (a run trains on its "
+        "config's num_threads; change that with --set num_threads=N)",
     )
 
 
@@ -144,6 +154,8 @@ def setup(args: argparse.Namespace) -> None:
             "(bnlab data shows what is available)"
         )
     writable_dir(out_dir(args), "--out")
+    if args.jobs is not None and args.jobs < 1:
+        raise BnlabError(f"--jobs must be >= 1; got {args.jobs}")
     if args.threads is not None:
         if args.threads < 1:
             raise BnlabError(f"--threads must be >= 1; got {args.threads}")
@@ -162,10 +174,31 @@ def summary_text(spec: Any, runs_dir: Path, variants: list[str] | None = None) -
     return render_text_table(table) if table is not None else "(no finished runs)"
 
 
+def train_all(args: argparse.Namespace, specs: list[Any], variants: list[str] | None) -> Any:
+    """Plan and train every run the options ask for (``bnlab.experiments.scheduler``);
+    return ``(outcomes, not_run)``."""
+    from bnlab.experiments.runner import seed_list
+    from bnlab.experiments.scheduler import RunSettings, default_jobs, plan, run_all
+
+    overrides = parse_overrides(getattr(args, "set", None))
+    requests = plan(
+        specs, seed_list(args.seeds), variants=variants, quick=args.quick, overrides=overrides
+    )
+    settings = RunSettings(
+        out_dir=out_dir(args),
+        quick=args.quick,
+        data_dir=args.data_dir,
+        restart=args.restart,
+        overrides=overrides,
+    )
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    return run_all(requests, settings, jobs=jobs, progress=not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from bnlab.experiments import get_experiment, run_experiment
+    from bnlab.experiments import ExperimentNotRunError, get_experiment, run_experiment
     from bnlab.train import distributed as data_parallel
 
     # Under torchrun: join the process group first (so --threads, applied next, wins).
@@ -176,6 +209,20 @@ def run(args: argparse.Namespace) -> int:
     spec = get_experiment(args.experiment)
     variants = name_list(args.variant, "--variant")
     out = out_dir(args)
+    if not dp.enabled:
+        outcomes, not_run = train_all(args, [spec], variants)
+        if not_run:
+            raise ExperimentNotRunError(not_run[spec.name])
+        print(summary_text(spec, out, variants))
+        print(f"\nrun directories: {out / spec.name}; report: bnlab report {out}")
+        return 0 if all(o.status != "failed" for o in outcomes) else 1
+    if args.jobs not in (None, 1):
+        from bnlab.errors import BnlabError
+
+        raise BnlabError(
+            f"--jobs {args.jobs} under torchrun: data-parallel training runs one run at a "
+            "time across its processes; leave --jobs out"
+        )
     # Ranks other than 0 train silently: one log, one progress bar, one summary.
     quiet: dict[str, Any] = {} if dp.is_main else {"log": lambda _message: None}
     try:

@@ -18,6 +18,7 @@ __all__ = [
     "all_experiments",
     "experiment_names",
     "get_experiment",
+    "importable_by_name",
     "register_experiment",
 ]
 
@@ -46,6 +47,12 @@ def register_experiment(spec: ExperimentSpec[Any, Any], *, replace: bool = False
     if (spec.name in _REGISTERED or spec.name in BUILTIN) and not replace:
         raise ValueError(f"experiment {spec.name!r} is already registered; pass replace=True")
     _REGISTERED[spec.name] = spec
+
+
+def importable_by_name(name: str) -> bool:
+    """Whether a fresh process finds experiment ``name`` by importing bnlab: a built-in not
+    replaced at run time (a spec registered in this process exists only here)."""
+    return name in BUILTIN and name not in _REGISTERED
 
 
 def experiment_names() -> tuple[str, ...]:

@@ -61,6 +61,13 @@ def process_git_revision() -> dict[str, Any]:
     return dict(_PROCESS_GIT)
 
 
+def adopt_process_git_revision(record: dict[str, Any]) -> None:
+    """Make ``record`` (the parent's :func:`process_git_revision`) this process's revision: a
+    worker the job spawned runs the parent's code, whatever the tree holds by then."""
+    global _PROCESS_GIT
+    _PROCESS_GIT = dict(record)
+
+
 def capture_environment() -> dict[str, Any]:
     """Return a JSON-ready description of the software and machine running now."""
     return {

@@ -1,0 +1,457 @@
+"""Run many (experiment, variant, seed) runs, one at a time or side by side.
+
+``bnlab reproduce`` and ``bnlab run`` hand their whole list of runs to :func:`run_all`.
+With ``jobs=1`` every run trains in this process, in list order, with its own progress
+bar. With ``jobs > 1`` the runs go to ``jobs`` worker processes (``spawn``), longest first
+(:attr:`ExperimentSpec.cost_s`), and a run starts only when the threads it needs are free:
+each run trains on its config's ``num_threads`` (fixed per experiment and recorded in
+``config.json``), so the sum over running runs never exceeds the machine's cores and a
+run's numbers never depend on ``jobs``. Oversubscribed OpenMP threads make batch-norm
+steps several times slower; this is what the thread budget prevents.
+
+Either way: one line per finished run with its time, and an overall bar with the runs done,
+the elapsed time and an estimate of the time left. A failed run is recorded
+(``failed.json``) and the others go on; a run directory holding another config, a locked
+run or unusable run files stop everything (the runs already training are stopped and
+resume from their checkpoints on the next call). Ctrl-C stops the workers the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bnlab.errors import BnlabError
+from bnlab.experiments.base import ExperimentSpec
+from bnlab.experiments.registry import get_experiment, importable_by_name
+from bnlab.experiments.runner import (
+    ExperimentNotRunError,
+    RunOutcome,
+    data_provenance,
+    load_experiment_data,
+    run_one,
+    run_path,
+)
+from bnlab.train.env import adopt_process_git_revision, process_git_revision
+from bnlab.train.errors import RunConflictError, RunFilesError
+from bnlab.train.lock import RunLockedError
+from bnlab.train.progress import progress_enabled
+
+__all__ = [
+    "RunRequest",
+    "RunSettings",
+    "admit",
+    "available_cores",
+    "default_jobs",
+    "plan",
+    "run_all",
+]
+
+Log = Callable[[str], None]
+
+#: Errors that stop the whole job: a rerun needs a decision (``--restart``, ``--out``).
+_STOPPING = (RunConflictError, RunLockedError, RunFilesError)
+
+
+def _stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """Runs side by side by default: one per core (most runs train on one thread)."""
+    return available_cores()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run to do: a registered experiment's variant at one seed, with its thread count
+    and estimated time (from the resolved config)."""
+
+    experiment: str
+    variant: str
+    seed: int
+    threads: int = 1
+    cost_s: float = 30.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.experiment}/{self.variant}/seed-{self.seed}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every run of one call shares (see :func:`bnlab.experiments.runner.run_one`)."""
+
+    out_dir: Path
+    quick: bool = False
+    data_dir: Path | None = None
+    restart: bool = False
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+
+def plan(
+    specs: Sequence[ExperimentSpec[Any, Any]],
+    seeds: Sequence[int],
+    *,
+    variants: Sequence[str] | None = None,
+    quick: bool = False,
+    overrides: Mapping[str, str] | None = None,
+) -> list[RunRequest]:
+    """Every (experiment, variant, seed) of ``specs``, experiments and variants in their
+    order, seeds inner. Resolving each config first makes unknown variants, unknown
+    ``--set`` fields and bad values fail before anything runs.
+
+    Raises:
+        UnknownNameError, ConfigError: from :meth:`ExperimentSpec.config_for`.
+    """
+    out: list[RunRequest] = []
+    for spec in specs:
+        for variant in variants or spec.variant_names():
+            for seed in seeds:
+                config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
+                threads = int(getattr(config, "num_threads", 1) or 1)
+                cost = spec.estimated_cost_s(config)
+                out.append(RunRequest(spec.name, variant, seed, threads, cost))
+    return out
+
+
+class _Progress:
+    """The overall bar and the one-line-per-run log."""
+
+    def __init__(self, requests: Sequence[RunRequest], jobs: int, show: bool, log: Log):
+        self.total = len(requests)
+        self.jobs = max(1, jobs)
+        self.log = log
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.cost_left = sum(r.cost_s for r in requests)
+        self.cost_done = 0.0
+        self.wall_done = 0.0
+        self.bar = tqdm(
+            total=self.total,
+            desc="runs",
+            unit="run",
+            file=sys.stderr,
+            disable=not show,
+            dynamic_ncols=True,
+            bar_format="{desc}: {n}/{total} |{bar}| elapsed {elapsed}{postfix}",
+        )
+
+    def finished(self, request: RunRequest, outcome: RunOutcome, where: Path) -> None:
+        self.done += 1
+        label = f"[{self.done}/{self.total}] {where}"
+        if outcome.status == "done":
+            self.log(f"{label}: done in {outcome.wall_time_s:.1f} s")
+        elif outcome.status == "failed":
+            self.log(f"{label}: FAILED: {outcome.error}")
+        self.cost_left -= request.cost_s
+        if outcome.status == "done":
+            self.cost_done += request.cost_s
+            self.wall_done += outcome.wall_time_s
+        self.bar.update(1)
+        self.bar.set_postfix_str(self._estimate(), refresh=True)
+
+    def _estimate(self) -> str:
+        if self.done >= self.total:
+            return ""
+        # The estimates, scaled by how this machine has done on them so far.
+        scale = self.wall_done / self.cost_done if self.cost_done > 0 else 1.0
+        left = max(0.0, self.cost_left) * scale / self.jobs
+        return f", about {_clock(left)} left"
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def run_all(
+    requests: Sequence[RunRequest],
+    settings: RunSettings,
+    *,
+    jobs: int = 1,
+    progress: bool | None = None,
+    log: Log = _stderr,
+) -> tuple[list[RunOutcome], dict[str, str]]:
+    """Do ``requests``; return one outcome per request (in request order, skipped and
+    failed runs included) and ``{experiment: why}`` for experiments whose data could not
+    be loaded (recorded in their ``not-run.json``; their runs are left out).
+
+    Args:
+        jobs: runs side by side (1: in this process, in order). The threads of the runs
+            training at once never exceed ``max(jobs, available_cores())``.
+        progress: the overall bar (and, with ``jobs=1``, each run's bar); ``None``/``True``:
+            when stderr is a terminal.
+
+    Raises:
+        RunConflictError, RunLockedError, RunFilesError: a run directory that needs a
+            decision first (see :func:`bnlab.experiments.runner.run_one`).
+        ValueError: ``jobs < 1``.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1; got {jobs}")
+    show = progress_enabled(progress)
+    process_git_revision()  # pin the revision of the code this job runs, before any run
+    not_run: dict[str, str] = {}
+    cache = _DataCache()
+    for name in dict.fromkeys(r.experiment for r in requests):
+        spec = get_experiment(name)
+        try:
+            data = load_experiment_data(
+                spec, out_dir=settings.out_dir, data_dir=settings.data_dir, progress=show
+            )
+        except ExperimentNotRunError as exc:
+            log(str(exc))
+            not_run[name] = str(exc)
+            continue
+        if jobs == 1:
+            cache.put(spec, settings, data)
+        del data
+    ready = [r for r in requests if r.experiment not in not_run]
+    # A worker process finds an experiment by importing it; one registered at run time
+    # (a plug-in, a test's) lives only in this process, so its runs train here.
+    if jobs > 1 and not all(importable_by_name(r.experiment) for r in ready):
+        log("experiments registered at run time train in this process: --jobs 1")
+        jobs = 1
+    bar = _Progress(ready, jobs if len(ready) > 1 else 1, show, log)
+    try:
+        if jobs == 1 or len(ready) <= 1:
+            outcomes = _serial(ready, settings, cache, bar, show, log)
+        else:
+            outcomes = _parallel(ready, settings, bar, jobs)
+    finally:
+        bar.close()
+    return outcomes, not_run
+
+
+def _where(request: RunRequest, settings: RunSettings) -> Path:
+    path = run_path(settings.out_dir, request.experiment, request.variant, request.seed)
+    return path.relative_to(settings.out_dir)
+
+
+def _failed(request: RunRequest, settings: RunSettings, error: str) -> RunOutcome:
+    path = run_path(settings.out_dir, request.experiment, request.variant, request.seed)
+    return RunOutcome(
+        request.experiment, request.variant, request.seed, path, "failed", error=error
+    )
+
+
+# -- one process ------------------------------------------------------------------------
+def _serial(
+    requests: Sequence[RunRequest],
+    settings: RunSettings,
+    cache: _DataCache,
+    bar: _Progress,
+    show: bool,
+    log: Log,
+) -> list[RunOutcome]:
+    outcomes: list[RunOutcome] = []
+    for request in requests:
+        try:
+            outcome = _train(request, settings, cache, progress=show, log=log)
+        except (KeyboardInterrupt, *_STOPPING):
+            raise
+        except Exception as exc:
+            outcome = _failed(request, settings, f"{type(exc).__name__}: {exc}")
+        bar.finished(request, outcome, _where(request, settings))
+        outcomes.append(outcome)
+    return outcomes
+
+
+class _DataCache:
+    """The data of the last two ``load_data`` functions used (MNIST is shared by most)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], Any] = {}
+
+    @staticmethod
+    def _key(spec: ExperimentSpec[Any, Any], settings: RunSettings) -> tuple[str, str]:
+        fn = spec.load_data
+        return (f"{fn.__module__}.{fn.__qualname__}", str(settings.data_dir))
+
+    def put(self, spec: ExperimentSpec[Any, Any], settings: RunSettings, data: Any) -> None:
+        key = self._key(spec, settings)
+        self._items.pop(key, None)
+        while len(self._items) >= 2:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = data
+
+    def get(self, spec: ExperimentSpec[Any, Any], settings: RunSettings) -> Any:
+        key = self._key(spec, settings)
+        if key not in self._items:
+            data_dir = settings.data_dir
+            self.put(spec, settings, spec.load_data(Path(data_dir) if data_dir else None, False))
+        return self._items[key]
+
+
+def _train(
+    request: RunRequest, settings: RunSettings, cache: _DataCache, *, progress: bool, log: Log
+) -> RunOutcome:
+    spec = get_experiment(request.experiment)
+    data = cache.get(spec, settings)
+    return run_one(
+        spec,
+        request.variant,
+        request.seed,
+        data,
+        out_dir=settings.out_dir,
+        quick=settings.quick,
+        progress=progress,
+        restart=settings.restart,
+        overrides=settings.overrides,
+        log=log,
+        provenance=data_provenance(data),
+    )
+
+
+# -- worker processes -------------------------------------------------------------------
+_WORKER_CACHE: _DataCache | None = None
+
+
+def _worker_init(git: dict[str, Any]) -> None:
+    """A worker: Ctrl-C is the parent's to handle; one thread until a run sets its own."""
+    global _WORKER_CACHE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    adopt_process_git_revision(git)
+    _WORKER_CACHE = _DataCache()
+
+
+@dataclass(frozen=True)
+class _Reply:
+    outcome: RunOutcome | None
+    messages: list[str]
+    stop: BaseException | None = None
+
+
+def _worker_run(request: RunRequest, settings: RunSettings) -> _Reply:
+    messages: list[str] = []
+    assert _WORKER_CACHE is not None
+    try:
+        outcome = _train(request, settings, _WORKER_CACHE, progress=False, log=messages.append)
+    except _STOPPING as exc:
+        return _Reply(None, messages, _picklable(exc))
+    except Exception as exc:
+        return _Reply(_failed(request, settings, f"{type(exc).__name__}: {exc}"), messages)
+    return _Reply(outcome, messages)
+
+
+def admit(waiting: Sequence[int], running: Sequence[int], jobs: int, budget: int) -> list[int]:
+    """Which waiting runs start now, as positions in ``waiting`` (their thread counts, in
+    priority order), given the thread counts of the ``running`` ones: first fit, at most
+    ``jobs`` runs at once, their threads within ``budget``. A run that needs more than the
+    budget on its own starts when nothing else runs.
+
+    >>> admit([1, 1, 1], [], jobs=2, budget=2)
+    [0, 1]
+    >>> admit([2, 1], [1], jobs=2, budget=2)  # the 2-thread run waits; the 1-thread one fits
+    [1]
+    >>> admit([4], [], jobs=2, budget=2)
+    [0]
+    """
+    started: list[int] = []
+    count, in_use = len(running), sum(running)
+    for position, need in enumerate(waiting):
+        if count >= jobs:
+            break
+        if count and in_use + need > budget:
+            continue
+        started.append(position)
+        count += 1
+        in_use += need
+    return started
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives the trip to the parent, else a :class:`BnlabError` with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return BnlabError(str(exc))
+    return exc
+
+
+def _parallel(
+    requests: Sequence[RunRequest], settings: RunSettings, bar: _Progress, jobs: int
+) -> list[RunOutcome]:
+    budget = max(jobs, available_cores())
+    # Longest first: the last runs to start are short, so the cores finish together.
+    queue = sorted(range(len(requests)), key=lambda i: -requests[i].cost_s)
+    outcomes: dict[int, RunOutcome] = {}
+    running: dict[Future[_Reply], int] = {}
+    with _pool(jobs) as pool:
+        while queue or running:
+            busy = [requests[i].threads for i in running.values()]
+            for i in admit([requests[i].threads for i in queue], busy, jobs, budget):
+                running[pool.submit(_worker_run, requests[queue[i]], settings)] = queue[i]
+            queue = [i for i in queue if i not in running.values()]
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = running.pop(future)
+                request = requests[i]
+                try:
+                    reply = future.result()
+                except BrokenProcessPool as exc:
+                    raise BnlabError(
+                        f"a worker process died while training {request.label} ({exc}); "
+                        "rerun the command to resume, or use --jobs 1 to see the error"
+                    ) from None
+                for message in reply.messages:
+                    bar.log(message)
+                if reply.stop is not None:
+                    raise reply.stop
+                assert reply.outcome is not None
+                outcomes[i] = reply.outcome
+                bar.finished(request, reply.outcome, _where(request, settings))
+    return [outcomes[i] for i in range(len(requests))]
+
+
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` spawned workers; on any exit but success they are stopped at once, so an
+    interrupted or stopped job leaves no process training (its runs resume later)."""
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(process_git_revision(),),
+    )
+    try:
+        yield pool
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.terminate()
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.join(timeout=10)
+        raise
+    else:
+        pool.shutdown(wait=True)
