@@ -1,27 +1,18 @@
-"""Experiment ``sigmoid-mlp`` (seed 001, Ioffe & Szegedy Fig. 1): a 784-100-100-10 sigmoid MLP
-with and without batch norm from identical N(0, 1) weights on identical batches; then the
-single-example pitfall of batch statistics at inference, and its fix with population
-statistics (EMA), a saved checkpoint and a network rebuilt in inference mode.
+"""sigmoid-mlp's report: the claims (faster, higher, less noisy, the single-example pitfall
+and its fix) judged against the seed's own TF1 runs, the metrics and curves shown, the
+seed's figures and the notes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure as MplFigure
-from torch import Tensor
 
-from bnlab.data import TrainBatches
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
-from bnlab.models.mlp import SigmoidMLP
+from bnlab.experiments.sigmoid_mlp.config import TEST_TAG
 from bnlab.report.claims import (
     Quantity,
     Threshold,
@@ -34,299 +25,10 @@ from bnlab.report.plots import PALETTE, png_bytes
 from bnlab.report.reference import REFERENCE_FILES, Reference, SeriesReference
 from bnlab.report.results import ExperimentResults, RunRecord
 from bnlab.report.spec import Block, Claim, Curve, Figure, Metric, Paragraph, Table, Verdict
-from bnlab.train import Hook, Trainer, every, predict_one_at_a_time
-from bnlab.train.evaluate import eval_mode
-from bnlab.train.io import torch_save_atomic
 
-__all__ = [
-    "SPEC",
-    "SigmoidMLPConfig",
-    "build_model",
-    "probe_statistics",
-    "run",
-    "summed_cross_entropy",
-]
-
-#: Test-set record tag: accuracy and sigmoid-input statistics every ``eval_every`` steps.
-TEST_TAG = "test"
+__all__ = ["CLAIMS", "CURVES", "METRICS", "NOTES", "REFERENCE_FILE", "extra_blocks", "input_noise"]
 
 
-@dataclass(frozen=True)
-class SigmoidMLPConfig:
-    """One run of seed 001. Defaults: the seed's first BN-free network, 40,000 steps."""
-
-    seed: int = 0  # fixes the predetermined weights and the batch order (same for all variants)
-    # -- network --
-    norm: str = "none"  # "none", "batch" (seed part 1 BN), "population" (batch_norm_wrapper)
-    hidden: tuple[int, ...] = (100, 100)  # two hidden sigmoid layers of 100
-    output_bias: bool = True  # b3; the seed's rebuilt (part 2) net declares b3 but never adds it
-    weight_std: float = 1.0  # predetermined weights ~ N(0, 1) (np.random.normal)
-    bn_eps: float = 1e-3  # the seed's epsilon
-    pop_decay: float = 0.999  # batch_norm_wrapper's EMA decay ("closer to 1 if more data")
-    # -- training --
-    learning_rate: float = 0.01  # tf.train.GradientDescentOptimizer(0.01)
-    batch_size: int = 60  # mnist.train.next_batch(60)
-    num_steps: int = 40_000  # range(40000); part 2 trains 10,000
-    # -- measurements --
-    eval_every: int = 50  # if i % 50 is 0: the full 10,000-image test set
-    probe_neurons: int = 5  # the first 5 neurons of layer 2 (the seed's 5x2 grid)
-    percentiles: tuple[float, ...] = (15.0, 50.0, 85.0)  # BN2015 Fig. 1(b, c)
-    single_image_count: int = 100  # the first 100 test images, one at a time
-    eval_updates_population: bool = False  # the seed's part-2 evaluation also moved the EMA
-    # -- engine --
-    num_threads: int = 1  # intra-op threads; one is faster for these tiny steps
-    checkpoint_every: int = 2000  # steps between checkpoints (resume point)
-    log_every: int = 50  # steps between metric writes (one host sync per chunk)
-
-    def __post_init__(self) -> None:
-        for name in (
-            "batch_size",
-            "num_steps",
-            "eval_every",
-            "probe_neurons",
-            "single_image_count",
-            "num_threads",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SigmoidMLPConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if len(self.hidden) < 2:
-            raise ValueError(
-                f"SigmoidMLPConfig.hidden needs at least 2 layers (layer 2 is probed); "
-                f"got {self.hidden}"
-            )
-        if self.probe_neurons > self.hidden[1]:
-            raise ValueError(
-                f"SigmoidMLPConfig.probe_neurons must be <= the layer-2 width {self.hidden[1]}; "
-                f"got {self.probe_neurons}"
-            )
-        if not all(0.0 <= p <= 100.0 for p in self.percentiles):
-            raise ValueError(f"percentiles must lie in [0, 100]; got {self.percentiles}")
-
-
-def build_model(
-    config: SigmoidMLPConfig, input_dim: int = 784, num_classes: int = 10
-) -> SigmoidMLP:
-    """The network of ``config``, from the predetermined weights of ``config.seed``."""
-    return SigmoidMLP(
-        config.norm,
-        weight_seed=config.seed,
-        sizes=(input_dim, *config.hidden, num_classes),
-        output_bias=config.output_bias,
-        eps=config.bn_eps,
-        decay=config.pop_decay,
-        weight_std=config.weight_std,
-        probe_layer=2,
-    )
-
-
-def summed_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """The seed's loss: ``-reduce_sum(y_ * log(softmax(logits)))``, summed over the batch.
-
-    Computed from ``log_softmax`` (the seed's ``log(softmax)`` can reach ``log(0)``); the
-    value and gradient are the same wherever the seed's are finite.
-    """
-    return F.cross_entropy(logits, labels, reduction="sum")
-
-
-def probe_statistics(probe: Tensor, neurons: int, percentiles: Sequence[float]) -> dict[str, float]:
-    """Mean and percentiles over examples of the first ``neurons`` columns of ``probe``.
-
-    Returns ``{"z_mean_i": ..., "z_p15_i": ..., ...}`` for ``i < neurons`` (the seed's
-    ``np.mean(z2, axis=0)[:5]`` and BN2015 Fig. 1's 15/50/85th percentiles).
-
-    >>> stats = probe_statistics(torch.arange(10.0).reshape(10, 1), 1, (50.0,))
-    >>> stats["z_mean_0"], stats["z_p50_0"]
-    (4.5, 4.5)
-    """
-    z = probe[:, :neurons].double()
-    out: dict[str, float] = {}
-    means = z.mean(dim=0).tolist()
-    q = torch.tensor([p / 100.0 for p in percentiles], dtype=z.dtype)
-    quantiles = torch.quantile(z, q, dim=0).tolist() if percentiles else []
-    for i in range(neurons):
-        out[f"z_mean_{i}"] = means[i]
-        for p, row in zip(percentiles, quantiles, strict=True):
-            out[f"z_p{p:g}_{i}"] = row[i]
-    return out
-
-
-@contextlib.contextmanager
-def _population_frozen(model: torch.nn.Module, freeze: bool) -> Iterator[None]:
-    """Restore every ``pop_*`` buffer on exit when ``freeze`` (an evaluation, no side effect)."""
-    saved = (
-        {name: buf.clone() for name, buf in model.named_buffers() if "pop_" in name}
-        if freeze
-        else {}
-    )
-    try:
-        yield
-    finally:
-        if saved:
-            buffers = dict(model.named_buffers())
-            with torch.no_grad():
-                for name, value in saved.items():
-                    buffers[name].copy_(value)
-
-
-def run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
-    """Train one seed of one variant as the seed does; return the final metrics.
-
-    Every ``eval_every`` batches (``i % 50 == 0``, after the step) logs a ``test`` record:
-    the accuracy on the whole test set computed as the seed's training graph does (batch
-    statistics of the 10,000 test images for the BN nets), its mean loss, and the mean and
-    percentiles of the layer-2 sigmoid inputs of the first ``probe_neurons`` neurons.
-
-    Then, by ``norm``: ``"batch"`` feeds the first ``single_image_count`` test images one at
-    a time (batch statistics of one example: the pitfall); ``"population"`` saves the
-    trained weights and population statistics, rebuilds the network in inference mode,
-    restores them, and measures single-example and whole-test-set accuracy with population
-    statistics.
-    """
-    return _run(config, data, ctx)
-
-
-def _run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
-    test = data.test
-    test_x, test_y = test.flat(), test.labels
-    input_dim, num_classes = test_x.shape[1], data.num_classes
-    model = build_model(config, input_dim, num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    batches = TrainBatches(data.train, config.batch_size, seed=config.seed)
-
-    def measure_test() -> dict[str, float]:
-        # The seed evaluates with its training graph: batch statistics of the test set
-        # (its first BN net has no others), gradients off.
-        freeze = not config.eval_updates_population
-        with _population_frozen(model, freeze), torch.no_grad():
-            model.train()
-            logits, probe = model.forward_with_probe(test_x)
-        values = {
-            "accuracy": (logits.argmax(dim=1) == test_y).double().mean().item(),
-            "loss": F.cross_entropy(logits, test_y).item(),
-        }
-        values.update(probe_statistics(probe, config.probe_neurons, config.percentiles))
-        return values
-
-    trainer = Trainer(
-        model,
-        optimizer,
-        summed_cross_entropy,
-        batches,
-        config.num_steps,
-        run=ctx.run,
-        hooks=(Hook(TEST_TAG, lambda _h: measure_test(), every(config.eval_every)),),
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        progress=ctx.progress,
-        desc=ctx.desc,
-        is_main=ctx.is_main,
-    )
-    fit = trainer.fit()
-    final = measure_test()
-    trainer.metrics.append({"phase": "train", "tag": "final", "step": config.num_steps, **final})
-    trainer.metrics.flush()
-
-    metrics: dict[str, float] = {
-        "test_accuracy": final["accuracy"],
-        "test_loss": final["loss"],
-        "train_time_s": fit.elapsed_s,
-    }
-
-    n = min(config.single_image_count, len(test))
-    images, labels = test_x[:n], test_y[:n]
-    if config.norm == "batch":
-        # The pitfall: this network has only batch statistics, so one example at a time
-        # normalizes every layer-1 and layer-2 input to 0 and the output is constant.
-        predictions = predict_one_at_a_time(model, images)
-        metrics.update(_single_image_metrics(predictions, labels, "single_image"))
-        _write_predictions(ctx, labels, predictions, "batch statistics, one at a time")
-    elif config.norm == "population":
-        metrics.update(_restore_and_infer(config, model, ctx, test_x, test_y, n, num_classes))
-    return metrics
-
-
-def _single_image_metrics(predictions: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
-    counts = torch.bincount(predictions, minlength=1)
-    return {
-        f"{prefix}_accuracy": (predictions == labels).double().mean().item(),
-        f"{prefix}_distinct_classes": float(len(torch.unique(predictions))),
-        f"{prefix}_majority_class": float(int(counts.argmax())),
-        f"{prefix}_majority_share": float(counts.max()) / max(1, len(predictions)),
-    }
-
-
-def _write_predictions(ctx: RunContext, labels: Tensor, predictions: Tensor, how: str) -> None:
-    if ctx.is_main:
-        ctx.run.write_artefact(
-            "first_test_predictions.json",
-            json.dumps(
-                {"how": how, "labels": labels.tolist(), "predictions": predictions.tolist()}
-            ).encode(),
-        )
-
-
-def _restore_and_infer(
-    config: SigmoidMLPConfig,
-    trained: SigmoidMLP,
-    ctx: RunContext,
-    test_x: Tensor,
-    test_y: Tensor,
-    n: int,
-    num_classes: int,
-) -> dict[str, float]:
-    """The seed's part 2 ending: save, rebuild with ``is_training=False``, restore, predict."""
-    if ctx.is_main:
-        path = ctx.run.artefacts / "model.pt"  # the seed's saver.save(sess, 'temp-bn-save')
-        torch_save_atomic(trained.state_dict(), path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        state = trained.state_dict()
-    # build_graph(is_training=False): a fresh network in inference mode, whose every
-    # variable (weights, gamma, beta, population statistics) is then restored.
-    model = build_model(config, test_x.shape[1], num_classes)
-    model.eval()
-    model.load_state_dict(state)
-    predictions = predict_one_at_a_time(model, test_x[:n])
-    _write_predictions(ctx, test_y[:n], predictions, "population statistics, one at a time")
-    with eval_mode(model), torch.inference_mode():
-        logits = model(test_x)
-    out = _single_image_metrics(predictions, test_y[:n], "single_image")
-    out["inference_test_accuracy"] = (logits.argmax(dim=1) == test_y).double().mean().item()
-    out["inference_test_loss"] = F.cross_entropy(logits, test_y).item()
-    return out
-
-
-def quick(config: SigmoidMLPConfig) -> SigmoidMLPConfig:
-    """Tiny sizes for ``--quick``: 120 steps, measured every 20, 10 single images."""
-    return dataclasses.replace(
-        config,
-        num_steps=120,
-        eval_every=20,
-        single_image_count=10,
-        checkpoint_every=60,
-        log_every=20,
-    )
-
-
-# -- variants ---------------------------------------------------------------------------
-_BASE = SigmoidMLPConfig()
-VARIANTS: dict[str, Variant[SigmoidMLPConfig]] = {
-    "no-bn": Variant(_BASE, "no batch norm: z = hW + b into each sigmoid; 40,000 steps"),
-    "bn": Variant(
-        dataclasses.replace(_BASE, norm="batch"),
-        "batch norm with batch statistics only (the seed's first BN net): BN(hW) into each "
-        "sigmoid; 40,000 steps; then the first 100 test images one at a time",
-    ),
-    "bn-population": Variant(
-        dataclasses.replace(_BASE, norm="population", output_bias=False, num_steps=10_000),
-        "the seed's batch_norm_wrapper: population statistics by EMA (decay 0.999); 10,000 "
-        "steps; saved, rebuilt in inference mode, restored; first 100 test images one at a time",
-    ),
-}
-
-
-# -- report -----------------------------------------------------------------------------
 def _accuracy_series(run: RunRecord) -> dict[int, float]:
     return run.series(TEST_TAG, "accuracy")
 
@@ -754,83 +456,71 @@ def extra_blocks(results: ExperimentResults) -> list[Block]:
     return blocks
 
 
-SPEC: ExperimentSpec[SigmoidMLPConfig, Any] = ExperimentSpec(
-    name="sigmoid-mlp",
-    title="batch norm on a sigmoid MLP, and population statistics at inference (seed 001)",
-    seed_file="001_2a04fecd41209ff2.txt",
-    summary=(
-        "MNIST 784-100-100-10 with sigmoid hidden layers, identical predetermined N(0, 1) "
-        "initial weights for every variant of a seed; summed softmax cross-entropy; SGD 0.01; "
-        "batch 60; 40,000 steps on identical batches, with and without BN; test accuracy and "
-        "the layer-2 sigmoid inputs every 50 steps. Then the first 100 test images one at a "
-        "time with batch statistics, and the fixed network (population statistics by EMA, "
-        "decay 0.999) trained 10,000 steps, saved, rebuilt in inference mode and restored."
-    ),
-    variants=VARIANTS,
-    load_data=load_mnist_data,
-    run=run,
-    quick=quick,
-    metrics=(
-        Metric("test_accuracy", "test acc. (seed's graph)", "pct"),
-        Metric("inference_test_accuracy", "test acc., population stats", "pct"),
-        Metric("single_image_accuracy", "first 100, one at a time", "pct"),
-        Metric("single_image_distinct_classes", "distinct single-example classes", "int"),
-        Metric("test_loss", "test loss (mean)", "float"),
-        Metric("train_time_s", "training time", "seconds"),
-    ),
-    curves=(
-        Curve(
-            TEST_TAG,
-            "accuracy",
-            "Test accuracy (every 50 steps)",
-            "accuracy",
-            fmt="pct",
-            references=(
-                SeriesReference(
-                    REFERENCE_FILE,
-                    _reference_series("part1_acc"),
-                    label="seed's own TF1 code, without BN",
-                    variant="no-bn",
-                ),
-                SeriesReference(
-                    REFERENCE_FILE,
-                    _reference_series("part1_acc_BN"),
-                    label="seed's own TF1 code, with BN",
-                    variant="bn",
-                ),
-                SeriesReference(
-                    REFERENCE_FILE,
-                    _reference_series("part2_acc"),
-                    label="seed's own TF1 code, batch_norm_wrapper",
-                    variant="bn-population",
-                ),
+#: Final metrics in the report's table.
+METRICS: tuple[Metric, ...] = (
+    Metric("test_accuracy", "test acc. (seed's graph)", "pct"),
+    Metric("inference_test_accuracy", "test acc., population stats", "pct"),
+    Metric("single_image_accuracy", "first 100, one at a time", "pct"),
+    Metric("single_image_distinct_classes", "distinct single-example classes", "int"),
+    Metric("test_loss", "test loss (mean)", "float"),
+    Metric("train_time_s", "training time", "seconds"),
+)
+
+
+#: Plots drawn from metrics.jsonl.
+CURVES: tuple[Curve, ...] = (
+    Curve(
+        TEST_TAG,
+        "accuracy",
+        "Test accuracy (every 50 steps)",
+        "accuracy",
+        fmt="pct",
+        references=(
+            SeriesReference(
+                REFERENCE_FILE,
+                _reference_series("part1_acc"),
+                label="seed's own TF1 code, without BN",
+                variant="no-bn",
+            ),
+            SeriesReference(
+                REFERENCE_FILE,
+                _reference_series("part1_acc_BN"),
+                label="seed's own TF1 code, with BN",
+                variant="bn",
+            ),
+            SeriesReference(
+                REFERENCE_FILE,
+                _reference_series("part2_acc"),
+                label="seed's own TF1 code, batch_norm_wrapper",
+                variant="bn-population",
             ),
         ),
-        Curve(
-            "train",
-            "loss",
-            "Training loss, summed over the batch of 60 (moving average over 200 steps)",
-            "loss",
-            smooth=200,
-            logy=True,
-        ),
     ),
-    claims=CLAIMS,
-    extra_blocks=extra_blocks,
-    notes=(
-        "Every variant of a seed starts from the same predetermined N(0, 1) weights "
-        "(drawn from the seed alone) and sees the same batches (TF next_batch order fixed "
-        "by the seed), as the seed's two networks do.",
-        "Accuracy during training is measured as the seed's training graph measures it: "
-        "the BN networks normalize the 10,000 test images with their own batch statistics. "
-        "'test acc., population stats' is the rebuilt inference network of bn-population.",
-        "The seed's part-2 evaluations ran the training graph, so each also moved the "
-        "population statistics toward the test set's (about 2% of the final estimate); "
-        "bnlab measures without that side effect (eval_updates_population=False).",
-        "The population variance tracks the biased batch variance, as the seed's tf.assign "
-        "ops do; the rebuilt network has no output bias, as the seed's build_graph (b3 is "
-        "declared but never added).",
-        "Loss computed with log_softmax instead of log(softmax): same value and gradient "
-        "wherever the seed's is finite.",
+    Curve(
+        "train",
+        "loss",
+        "Training loss, summed over the batch of 60 (moving average over 200 steps)",
+        "loss",
+        smooth=200,
+        logy=True,
     ),
+)
+
+
+#: Faithfulness notes: where bnlab departs from the seed, and why.
+NOTES: tuple[str, ...] = (
+    "Every variant of a seed starts from the same predetermined N(0, 1) weights "
+    "(drawn from the seed alone) and sees the same batches (TF next_batch order fixed "
+    "by the seed), as the seed's two networks do.",
+    "Accuracy during training is measured as the seed's training graph measures it: "
+    "the BN networks normalize the 10,000 test images with their own batch statistics. "
+    "'test acc., population stats' is the rebuilt inference network of bn-population.",
+    "The seed's part-2 evaluations ran the training graph, so each also moved the "
+    "population statistics toward the test set's (about 2% of the final estimate); "
+    "bnlab measures without that side effect (eval_updates_population=False).",
+    "The population variance tracks the biased batch variance, as the seed's tf.assign "
+    "ops do; the rebuilt network has no output bias, as the seed's build_graph (b3 is "
+    "declared but never added).",
+    "Loss computed with log_softmax instead of log(softmax): same value and gradient "
+    "wherever the seed's is finite.",
 )
