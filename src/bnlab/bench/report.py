@@ -1,14 +1,16 @@
 """The whole ``bnlab bench`` run: configuration, the measurements, the claims, the JSON.
 
 :func:`run_benchmark` warms the kernels up, times the backend matrix (``suite``), the
-deep-CNN training step and ``fold_bn`` latency (``nets``), checks the performance claims
-of issue 6 against what it measured, and returns one JSON-ready document.
+deep-CNN training step and ``fold_bn`` latency (``nets``), the compiled rows
+(``compiled``), the engine against a plain PyTorch loop (``engine``), checks the
+performance claims of issues 6 and 15 against what it measured, and returns one
+JSON-ready document.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +46,10 @@ class BenchConfig:
     budget_s: float = 1.0  # seconds of interleaved rounds per (shape, layout, mode)
     nets: bool = True  # also the deep-CNN training step and fold_bn latency
     compiled: bool = True  # also the compiled rows (torch.compile; not with quick unless asked)
+    engine: bool = True  # also the engine vs plain-loop rows (not with quick unless asked)
+    engine_repeats: int = 3  # engine/plain pairs per engine row (medians of these)
+    data_dir: str | None = None  # MNIST for the engine rows (None: bnlab's sources)
+    matrix: bool = True  # the backend matrix (shapes x layouts x modes); off: engine rows only
     quick: bool = False  # tiny shapes and networks, 3 rounds: a smoke run of every path
     stat: str = "median"  # statistic of the table and claims: "median" or "min" (see timing)
     quiet: bool = False  # wait for a quiet machine before each case, retry disturbed ones
@@ -63,6 +69,7 @@ def check_claims(
     nets: dict[str, Any] | None,
     stat: str = "median",
     compiled: Sequence[CompiledRow] = (),
+    engine: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The measured value and verdict of each performance claim the data can speak to.
 
@@ -70,9 +77,13 @@ def check_claims(
     * bnlab's default ("auto") path at most 5% slower than torch on every case;
     * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN;
     * compiled: bnlab faster than compiled torch BN on the large layers, and bnlab (eager
-      and compiled) nowhere slower than torch by more than max(5%, 3 us) per call.
+      and compiled) nowhere slower than torch by more than max(5%, 3 us) per call;
+    * engine (issue 15): never slower than a plain loop of the same run, and batching
+      sigmoid-MLP seeds saves under 5% per model-step (why the engine does not batch them).
 
-    Case ratios use each case's own statistic; the network ratios use ``stat``.
+    Case ratios use each case's own statistic; the network ratios use ``stat``; the engine
+    rows their ratio of medians (``engine`` is :func:`bnlab.bench.engine.engine_benchmark`'s
+    document).
     """
     claims: list[dict[str, Any]] = []
     for r in cases:
@@ -124,6 +135,38 @@ def check_claims(
             }
         )
     claims += _compiled_claims(compiled)
+    claims += _engine_claims(engine)
+    return claims
+
+
+def _engine_claims(engine: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The engine rows' claim (worst engine/plain ratio) and the batched-seed claim."""
+    if not engine:
+        return []
+    claims: list[dict[str, Any]] = []
+    rows = engine.get("rows", [])
+    if rows:
+        worst = max(rows, key=lambda r: r["ratio"])
+        claims.append(
+            {
+                "claim": "the engine is never slower than the plain loop",
+                "measured": round(worst["ratio"], 3),
+                "worst_case": f"{worst['experiment']}/{worst['variant']}",
+                "holds": worst["ratio"] <= 1.0,
+            }
+        )
+    seeds = engine.get("batched_seeds")
+    if seeds:
+        way, best = min(seeds["ratios"].items(), key=lambda item: item[1])
+        claims.append(
+            {
+                "claim": f"batching {seeds['k']} sigmoid-MLP seeds saves under 5% per "
+                "model-step (the engine does not batch seeds)",
+                "measured": round(best, 3),
+                "worst_case": way,
+                "holds": best >= 0.95,
+            }
+        )
     return claims
 
 
@@ -170,6 +213,8 @@ def _compiled_claims(rows: Sequence[CompiledRow]) -> list[dict[str, Any]]:
 
 def count_cases(config: BenchConfig) -> int:
     """How many (shape, layout, dtype, mode) cases ``config`` times."""
+    if not config.matrix:
+        return 0
     shapes = shape_set(config.resolved_shapes())
     per_shape = [sum(layout_applies(s.shape, lay) for lay in config.layouts) for s in shapes]
     return sum(per_shape) * len(config.dtypes) * len(config.modes)
@@ -182,12 +227,16 @@ def run_benchmark(
 
     Returns:
         ``{"config", "environment", "warmup_s", "cases": [...], "nets": {...} | None,
-        "compiled": [...], "claims": [...]}`` (see :meth:`CaseResult.as_dict` for a case).
+        "compiled": [...], "engine": {...} | None, "claims": [...]}`` (see
+        :meth:`CaseResult.as_dict` for a case, :func:`bnlab.bench.engine.engine_benchmark`
+        for the engine).
 
     Raises:
         UnknownNameError: an unknown shape set, layout, mode or backend.
         ValueError: an unknown dtype name.
+        BnlabError: the engine rows' MNIST files are missing.
     """
+    from bnlab.bench.engine import ENGINE_EXPERIMENTS, engine_benchmark, load_engine_data
     from bnlab.norm.ops.library import warmup
     from bnlab.train.env import capture_environment
 
@@ -195,11 +244,15 @@ def run_benchmark(
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype {name!r}; expected one of: {', '.join(_DTYPES)}")
     dtypes = tuple(_DTYPES[name] for name in config.dtypes)
+    engine_data = None
+    if config.engine and not config.quick:
+        # Read MNIST now: missing files must stop the run here, not after the matrix.
+        engine_data = load_engine_data(ENGINE_EXPERIMENTS, data_dir=config.data_dir)
     warmup_s = warmup(dtypes)  # compile or load every kernel before timing anything
     min_rounds, max_rounds = config.rounds
     budget = 0.0 if config.quick else config.budget_s
     cases = run_suite(
-        shape_set(config.resolved_shapes()),
+        shape_set(config.resolved_shapes()) if config.matrix else [],
         layouts=config.layouts,
         dtypes=dtypes,
         modes=config.modes,
@@ -228,6 +281,15 @@ def run_benchmark(
             compiled = compiled_rows(quick=True, budget_s=0.0, min_rounds=2, max_rounds=2)
         else:
             compiled = compiled_rows(budget_s=config.budget_s * 2)
+    engine: dict[str, Any] | None = None
+    if config.engine:
+        engine = engine_benchmark(
+            quick=config.quick,
+            data_dir=config.data_dir,
+            repeats=config.engine_repeats,
+            quiet=config.quiet,
+            data=engine_data,
+        )
     return {
         "config": {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra,
         "environment": capture_environment(),
@@ -235,7 +297,8 @@ def run_benchmark(
         "cases": [r.as_dict() for r in cases],
         "nets": nets,
         "compiled": [row.as_dict() for row in compiled],
-        "claims": check_claims(cases, nets, config.stat, compiled),
+        "engine": engine,
+        "claims": check_claims(cases, nets, config.stat, compiled, engine),
     }
 
 

@@ -1,8 +1,9 @@
 """``bnlab bench``: time batch norm (torch, reference, fused, auto) against the roofline.
 
 Prints a table of median times and ratios per shape, layout and mode, the deep-CNN
-training-step and ``fold_bn`` results, and the verdict on each performance claim; writes
-everything as JSON (``--out``, written atomically).
+training-step and ``fold_bn`` results, the compiled rows, the engine against a plain
+PyTorch loop (``--engine``), and the verdict on each performance claim; writes everything
+as JSON (``--out``, written atomically).
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0; got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1; got {value}")
     return value
 
 
@@ -93,6 +104,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "step); default: on, off with --quick",
     )
     parser.add_argument(
+        "--engine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the engine (one `bnlab run` run: deep-cnn bn, no-bn; sigmoid-mlp no-bn, "
+        "bn) against a plain PyTorch loop of the same run, and batched sigmoid-MLP seeds; "
+        "default: on, off with --quick (then on a fake MNIST with tiny runs)",
+    )
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="only the engine rows: no batch-norm matrix, network or compiled rows",
+    )
+    parser.add_argument(
+        "--engine-repeats",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="engine/plain pairs per engine row, alternating (default 3; medians)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="MNIST for the engine rows (default: bnlab's sources, as `bnlab run`)",
+    )
+    parser.add_argument(
         "--no-nets",
         action="store_true",
         help="skip the deep-CNN training step and fold_bn latency benchmarks",
@@ -138,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from bnlab.train.io import write_json_atomic
     from bnlab.train.progress import progress_bar, progress_enabled
 
+    only = args.engine_only
     config = BenchConfig(
         shapes=args.shapes,
         layouts=tuple(args.layouts),
@@ -145,8 +183,12 @@ def run(args: argparse.Namespace) -> int:
         modes=tuple(args.modes),
         backends=tuple(args.backends),
         budget_s=args.budget,
-        nets=not args.no_nets,
-        compiled=args.compiled if args.compiled is not None else not args.quick,
+        nets=not args.no_nets and not only,
+        compiled=not only and (args.compiled if args.compiled is not None else not args.quick),
+        engine=only or (args.engine if args.engine is not None else not args.quick),
+        engine_repeats=args.engine_repeats,
+        data_dir=args.data_dir,
+        matrix=not only,
         quick=args.quick,
         stat=args.stat,
         quiet=args.quiet,
@@ -166,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     write_json_atomic(args.out, document)
-    print(format_table(cases))
+    if config.matrix:
+        print(format_table(cases))
     if document["nets"] is not None:
         print()
         print(format_nets(document["nets"], args.stat))
@@ -175,6 +218,11 @@ def run(args: argparse.Namespace) -> int:
 
         print()
         print(format_compiled(document["compiled"]))
+    if document["engine"] is not None:
+        from bnlab.bench.engine import format_engine
+
+        print()
+        print(format_engine(document["engine"]))
     print()
     print("claims:")
     print(format_claims(document["claims"]))
