@@ -1,8 +1,10 @@
-"""Benchmarks of bnlab's batch norm: kernels against torch and the roofline, and networks.
+"""Benchmarks: batch norm against torch and the roofline, networks, the experiment engine.
 
 ``shapes`` (what is timed), ``timing`` (interleaved medians), ``roofline`` (the bandwidth
 floor), ``suite`` (the backend matrix and its table), ``nets`` (deep-CNN training step and
-``fold_bn`` latency), ``report`` (the whole ``bnlab bench`` run and its JSON).
+``fold_bn`` latency), ``compiled`` (eager vs ``torch.compile``), ``engine`` (the experiment
+engine against a plain PyTorch loop, batched seeds; imported on use, it loads the
+experiments), ``report`` (the whole ``bnlab bench`` run and its JSON).
 """
 
 from __future__ import annotations

@@ -754,8 +754,9 @@ def format_engine(engine: Mapping[str, Any]) -> str:
             f"{row['ratio']:12.3f} {row['train_ratio']:9.3f} {row['loss_max_abs_diff']:9.1e}"
         )
     lines.append(
-        "wall s per run; train e/p: the training loop alone; loss diff: largest per-step "
-        "|engine - plain| training loss; threads as configured, denormals flushed in both"
+        "wall s per run (median); engine/plain < 1: the engine is faster; train e/p: the "
+        "training loop alone;\nloss diff: the largest per-step |engine - plain| training "
+        "loss; threads as configured, denormals flushed on both sides"
     )
     seeds = engine.get("batched_seeds")
     if seeds:
