@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 HELP = "run every experiment (all variants, K seeds), then write the report"
 
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     files = build_report(out, experiments=all_experiments())
     report_s = time.perf_counter() - t1
+    _record_job(out, args, outcomes, not_run, trained, report_s)
     print(f"\nruns: {len(outcomes)} in {trained:.0f} s; report written in {report_s:.0f} s")
     print(f"report: {files.html}")
     print(f"summary: {files.markdown}")
@@ -53,3 +56,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"{failed} run(s) failed; their errors are in failed.json and in the report")
         return 1
     return 0
+
+
+def _record_job(
+    out: Path,
+    args: argparse.Namespace,
+    outcomes: list[Any],
+    not_run: dict[str, str],
+    train_s: float,
+    report_s: float,
+) -> None:
+    """``job.json`` in the runs directory: how long this call took and how it ran (read by
+    ``scripts/time_breakdown.py``)."""
+    import datetime as dt
+
+    from bnlab.experiments.scheduler import available_cores, default_jobs
+    from bnlab.train.env import process_git_revision
+    from bnlab.train.io import write_json_atomic
+
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    write_json_atomic(
+        out / "job.json",
+        {
+            "command": "bnlab reproduce",
+            "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git": process_git_revision(),
+            "seeds": args.seeds,
+            "quick": args.quick,
+            "jobs": args.jobs if args.jobs is not None else default_jobs(),
+            "cores": available_cores(),
+            "runs": counts,
+            "not_run": sorted(not_run),
+            "train_s": round(train_s, 1),
+            "report_s": round(report_s, 1),
+        },
+    )
