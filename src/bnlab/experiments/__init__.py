@@ -1,4 +1,4 @@
-"""One module per experiment: a frozen config dataclass, variants and ``run(config, data, ctx)``.
+"""One module or package per experiment: a frozen config, variants and ``run(config, data, ctx)``.
 
 :class:`ExperimentSpec` describes an experiment, :mod:`~bnlab.experiments.registry` lists
 them, :func:`run_experiment` runs one into run directories. See ``docs/experiments.md``.
