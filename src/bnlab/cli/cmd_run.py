@@ -174,7 +174,9 @@ def summary_text(spec: Any, runs_dir: Path, variants: list[str] | None = None) -
     return render_text_table(table) if table is not None else "(no finished runs)"
 
 
-def train_all(args: argparse.Namespace, specs: list[Any], variants: list[str] | None) -> Any:
+def train_all(
+    args: argparse.Namespace, specs: list[Any], variants: list[str] | None, *, keep_going: bool
+) -> Any:
     """Plan and train every run the options ask for (``bnlab.experiments.scheduler``);
     return ``(outcomes, not_run)``."""
     from bnlab.experiments.runner import seed_list
@@ -192,7 +194,9 @@ def train_all(args: argparse.Namespace, specs: list[Any], variants: list[str] | 
         overrides=overrides,
     )
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    return run_all(requests, settings, jobs=jobs, progress=not args.no_progress)
+    return run_all(
+        requests, settings, jobs=jobs, keep_going=keep_going, progress=not args.no_progress
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     variants = name_list(args.variant, "--variant")
     out = out_dir(args)
     if not dp.enabled:
-        outcomes, not_run = train_all(args, [spec], variants)
+        # The first failure stops `bnlab run` with its error (reproduce records and goes on).
+        outcomes, not_run = train_all(args, [spec], variants, keep_going=False)
         if not_run:
             raise ExperimentNotRunError(not_run[spec.name])
         print(summary_text(spec, out, variants))

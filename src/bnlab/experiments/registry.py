@@ -2,7 +2,8 @@
 
 Built-in experiments are listed by module path and imported on first use; each module
 defines ``SPEC`` (an :class:`~bnlab.experiments.base.ExperimentSpec`). To add one, write
-``bnlab/experiments/<name>.py`` and add a line to :data:`BUILTIN` (``docs/experiments.md``).
+a module or package ``bnlab/experiments/<name>`` and add a line to :data:`BUILTIN`
+(``docs/experiments.md``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ steps several times slower; this is what the thread budget prevents.
 
 Either way: one line per finished run with its time, and an overall bar with the runs done,
 the elapsed time and an estimate of the time left. A failed run is recorded
-(``failed.json``) and the others go on; a run directory holding another config, a locked
-run or unusable run files stop everything (the runs already training are stopped and
-resume from their checkpoints on the next call). Ctrl-C stops the workers the same way.
+(``failed.json``) and, with ``keep_going``, the others go on; a run directory holding
+another config, a locked run, a corrupt checkpoint or unusable run files stop everything
+(the runs already training are stopped and resume from their checkpoints on the next
+call). Ctrl-C stops the workers the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bnlab.experiments.runner import (
     run_path,
 )
 from bnlab.train.env import adopt_process_git_revision, process_git_revision
-from bnlab.train.errors import RunConflictError, RunFilesError
+from bnlab.train.errors import CheckpointError, RunConflictError, RunFilesError
 from bnlab.train.lock import RunLockedError
 from bnlab.train.progress import progress_enabled
 
@@ -63,8 +64,8 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-#: Errors that stop the whole job: a rerun needs a decision (``--restart``, ``--out``).
-_STOPPING = (RunConflictError, RunLockedError, RunFilesError)
+#: Errors that stop the whole job: a rerun needs a decision first (``--restart``, ``--out``).
+_STOPPING = (RunConflictError, RunLockedError, RunFilesError, CheckpointError)
 
 
 def _stderr(message: str) -> None:
@@ -195,6 +196,7 @@ def run_all(
     settings: RunSettings,
     *,
     jobs: int = 1,
+    keep_going: bool = True,
     progress: bool | None = None,
     log: Log = _stderr,
 ) -> tuple[list[RunOutcome], dict[str, str]]:
@@ -205,6 +207,8 @@ def run_all(
     Args:
         jobs: runs side by side (1: in this process, in order). The threads of the runs
             training at once never exceed ``max(jobs, available_cores())``.
+        keep_going: record a failed run and go on (``bnlab reproduce``); otherwise the
+            first failure stops the job and is raised (``bnlab run``).
         progress: the overall bar (and, with ``jobs=1``, each run's bar); ``None``/``True``:
             when stderr is a terminal.
 
@@ -226,8 +230,7 @@ def run_all(
                 spec, out_dir=settings.out_dir, data_dir=settings.data_dir, progress=show
             )
         except ExperimentNotRunError as exc:
-            log(str(exc))
-            not_run[name] = str(exc)
+            not_run[name] = str(exc)  # the caller says it (reproduce goes on, run stops)
             continue
         if jobs == 1:
             cache.put(spec, settings, data)
@@ -241,9 +244,9 @@ def run_all(
     bar = _Progress(ready, jobs if len(ready) > 1 else 1, show, log)
     try:
         if jobs == 1 or len(ready) <= 1:
-            outcomes = _serial(ready, settings, cache, bar, show, log)
+            outcomes = _serial(ready, settings, cache, bar, show, log, keep_going)
         else:
-            outcomes = _parallel(ready, settings, bar, jobs)
+            outcomes = _parallel(ready, settings, bar, jobs, keep_going)
     finally:
         bar.close()
     return outcomes, not_run
@@ -269,6 +272,7 @@ def _serial(
     bar: _Progress,
     show: bool,
     log: Log,
+    keep_going: bool,
 ) -> list[RunOutcome]:
     outcomes: list[RunOutcome] = []
     for request in requests:
@@ -277,6 +281,8 @@ def _serial(
         except (KeyboardInterrupt, *_STOPPING):
             raise
         except Exception as exc:
+            if not keep_going:
+                raise
             outcome = _failed(request, settings, f"{type(exc).__name__}: {exc}")
         bar.finished(request, outcome, _where(request, settings))
         outcomes.append(outcome)
@@ -349,7 +355,7 @@ class _Reply:
     stop: BaseException | None = None
 
 
-def _worker_run(request: RunRequest, settings: RunSettings) -> _Reply:
+def _worker_run(request: RunRequest, settings: RunSettings, keep_going: bool) -> _Reply:
     messages: list[str] = []
     assert _WORKER_CACHE is not None
     try:
@@ -357,6 +363,8 @@ def _worker_run(request: RunRequest, settings: RunSettings) -> _Reply:
     except _STOPPING as exc:
         return _Reply(None, messages, _picklable(exc))
     except Exception as exc:
+        if not keep_going:
+            return _Reply(None, messages, _picklable(exc))
         return _Reply(_failed(request, settings, f"{type(exc).__name__}: {exc}"), messages)
     return _Reply(outcome, messages)
 
@@ -397,7 +405,11 @@ def _picklable(exc: BaseException) -> BaseException:
 
 
 def _parallel(
-    requests: Sequence[RunRequest], settings: RunSettings, bar: _Progress, jobs: int
+    requests: Sequence[RunRequest],
+    settings: RunSettings,
+    bar: _Progress,
+    jobs: int,
+    keep_going: bool,
 ) -> list[RunOutcome]:
     budget = max(jobs, available_cores())
     # Longest first: the last runs to start are short, so the cores finish together.
@@ -408,7 +420,9 @@ def _parallel(
         while queue or running:
             busy = [requests[i].threads for i in running.values()]
             for i in admit([requests[i].threads for i in queue], busy, jobs, budget):
-                running[pool.submit(_worker_run, requests[queue[i]], settings)] = queue[i]
+                running[pool.submit(_worker_run, requests[queue[i]], settings, keep_going)] = queue[
+                    i
+                ]
             queue = [i for i in queue if i not in running.values()]
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
