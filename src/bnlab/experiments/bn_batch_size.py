@@ -40,6 +40,7 @@ class BatchSizeConfig:
     learning_rate: float = 1e-3  # Adam step size, the same at every batch size
     bn_momentum: float = 0.1  # PyTorch's default weight of the new batch in the EMA
     evals: int = 8  # validation measurements over the run (equally spaced in examples)
+    fused_adam: bool = True  # Adam(fused=True): one kernel per step, the same update rule
     num_threads: int = 1  # intra-op threads, fixed so that a run's numbers never depend on
     # how many runs share the machine (bnlab reproduce --jobs)
 
@@ -87,7 +88,9 @@ def run(config: BatchSizeConfig, data: Any, ctx: RunContext) -> dict[str, float]
     """Train one norm at one batch size; final test accuracy in eval mode."""
     torch.manual_seed(config.seed)
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, fused=config.fused_adam
+    )
     batches = mnist_batches(data.train, config.batch_size, config.seed)
     steps = config.num_steps
     outcome = train_classifier(

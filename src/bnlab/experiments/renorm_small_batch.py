@@ -42,6 +42,7 @@ class RenormConfig:
     warmup_steps: int = 100  # steps of plain batch norm while the running statistics settle
     ramp_steps: int = 400  # steps over which r_max and d_max relax from 1 and 0
     eval_every: int = 250  # steps between validation measurements
+    fused_adam: bool = True  # Adam(fused=True): one kernel per step, the same update rule
     num_threads: int = 1  # intra-op threads, fixed so that a run's numbers never depend on
     # how many runs share the machine (bnlab reproduce --jobs)
 
@@ -75,7 +76,9 @@ def run(config: RenormConfig, data: Any, ctx: RunContext) -> dict[str, float]:
     """Train on i.i.d. or single-class batches; test accuracy in eval mode."""
     torch.manual_seed(config.seed)
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, fused=config.fused_adam
+    )
     if config.classes_per_batch:
         batches: Any = NonIIDBatches(
             data.train,

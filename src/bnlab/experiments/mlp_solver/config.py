@@ -33,7 +33,8 @@ class MLPSolverConfig:
     batch_size: int = 32  # batch_size = 32
     epochs: int = 10  # epoch_n = 10, each of N // batch_size steps (N = 55,000: 1,718)
     train_eval_batch_size: int = 32  # the seed evaluates the training set in batches of 32
-    # -- engine --
+    # -- engine (speed only) --
+    fused_adam: bool = True  # Adam(fused=True): one kernel per step, the same update rule
     num_threads: int = 1  # intra-op threads; one is faster for these tiny steps
     log_every: int = 859  # steps between metric writes (half an epoch of the real data)
 

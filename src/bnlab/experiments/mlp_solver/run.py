@@ -55,6 +55,7 @@ class Model:
         adam_eps: float = 1e-8,
         bn_eps: float = 1e-3,
         bn_decay: float = 0.99,
+        fused_adam: bool = False,
     ) -> None:
         self.name = name
         self.net = build_mlp(
@@ -69,7 +70,7 @@ class Model:
         # The seed's loss: reduce_mean(softmax_cross_entropy_with_logits(logits, one_hot)).
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
         self.optimizer = torch.optim.Adam(
-            self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=adam_eps
+            self.net.parameters(), lr=lr, betas=(0.9, 0.999), eps=adam_eps, fused=fused_adam
         )
 
 
@@ -175,6 +176,7 @@ def _run(config: MLPSolverConfig, data: Any, ctx: RunContext) -> dict[str, float
         adam_eps=config.adam_eps,
         bn_eps=config.bn_eps,
         bn_decay=config.bn_decay,
+        fused_adam=config.fused_adam,
     )
     solver = Solver(model)
     batches = TrainBatches(train, config.batch_size, seed=config.seed)
