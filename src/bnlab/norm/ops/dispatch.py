@@ -91,12 +91,14 @@ def get_backend(name: str) -> Callable[..., Tensor]:
 # layout, and least bytes for inference. Below them fixed costs (Python glue, thread
 # wake-ups) outweigh the saved memory traffic and PyTorch's C++ path is as fast or faster.
 # torch's channels-last training kernel is fast only when C is a multiple of 16 (its
-# vector width here); with other channel counts it is several times slower, so the
-# fused kernel wins from a few ten thousand values ("channels_last_odd").
+# vector width here); with other channel counts it is several times slower on two
+# threads, so the fused kernel wins from about a hundred thousand values
+# ("channels_last_odd"). Below that the operator's fixed cost (its dispatch and autograd
+# glue, paid in forward and backward) outweighs the kernel's gain on one thread or two.
 _FUSED_MIN_TRAIN_NUMEL = {
     "contiguous": 1 << 20,
     "channels_last": 1 << 20,
-    "channels_last_odd": 1 << 15,
+    "channels_last_odd": 1 << 17,
 }
 # Under torch.compile the rival is inductor's generated code, which fuses batch norm with
 # its neighbours; the opaque kernel wins only on larger tensors (docs/performance.md,
