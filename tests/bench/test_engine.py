@@ -165,6 +165,10 @@ def test_ratio_is_of_the_two_medians_and_the_claim_takes_the_worst() -> None:
     never_slower, batching = check_claims([], None, engine=engine)
     assert never_slower["holds"] and never_slower["measured"] == 0.5
     assert not batching["holds"]
+    # Judged against one model alone where that was measured.
+    engine["batched_seeds"]["ratios"].update({"bmm/single": 1.02, "vmap/single": 1.4})
+    _, batching = check_claims([], None, engine=engine)
+    assert batching["worst_case"] == "bmm/single" and batching["holds"]
     text = format_claims(claims)
     assert "[FAILS] the engine is never slower than the plain loop: 1.500" in text
     assert check_claims([], None, engine=None) == []
@@ -206,8 +210,8 @@ def test_batched_seeds_compute_the_separate_models_updates() -> None:
 def test_batched_seeds_row(data: dict[str, Any]) -> None:
     result = batched_seeds(data["sigmoid-mlp"], budget_s=0.0, min_rounds=2, max_rounds=2)
     assert result["k"] == 3 and result["num_threads"] == 1 and result["batch"] == 60
-    assert set(result["times"]) == {"separate", "vmap", "bmm"}
-    assert set(result["ratios"]) == {"vmap/separate", "bmm/separate"}
+    assert set(result["times"]) == {"single", "separate", "vmap", "bmm"}
+    assert set(result["ratios"]) == {"vmap/separate", "bmm/separate", "vmap/single", "bmm/single"}
     sep = result["times"]["separate"]
     assert 0 < sep["min_s"] <= sep["median_s"]
     assert torch.get_num_threads() == 1
@@ -223,7 +227,7 @@ def test_format_engine_shows_every_row() -> None:
     }
     text = format_engine({"rows": rows, "batched_seeds": seeds})
     assert "deep-cnn/bn" in text and "sigmoid-mlp/bn" in text and "0.800" in text
-    assert "ms per model-step: separate 0.500" in text
+    assert "ms per model-step: one model alone nan, K models in turn 0.500" in text
 
 
 def _resolved_config(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> BenchConfig:
@@ -266,7 +270,12 @@ def test_bench_quick_engine_writes_the_rows(
     for row in engine["rows"]:
         assert row["repeats"] == 1 and row["engine"]["median_s"] > 0
         assert row["ratio"] == pytest.approx(row["engine"]["median_s"] / row["plain"]["median_s"])
-    assert set(engine["batched_seeds"]["ratios"]) == {"vmap/separate", "bmm/separate"}
+    assert set(engine["batched_seeds"]["ratios"]) == {
+        "vmap/separate",
+        "bmm/separate",
+        "vmap/single",
+        "bmm/single",
+    }
     assert engine["data"]["dataset"] == "mnist"
     claims = {c["claim"]: c for c in document["claims"]}
     worst = max(r["ratio"] for r in engine["rows"])

@@ -636,6 +636,13 @@ class SeedBatch:
             self.stacked += [weights.requires_grad_(True), biases.requires_grad_(True)]
         self.bmm_optimizer = torch.optim.SGD(self.stacked, lr=self.lr)
 
+    def step_single(self) -> None:
+        """One step of seed 0's model alone: what each of the engine's runs trains."""
+        loss = sigmoid_mlp.summed_cross_entropy(self.models[0](self.images[0]), self.labels[0])
+        self.optimizers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[0].step()
+
     def step_separate(self) -> None:
         for model, opt, x, y in zip(
             self.models, self.optimizers, self.images, self.labels, strict=True
@@ -710,7 +717,12 @@ def batched_seeds(
     with _settings(num_threads, flush_denormal=True):
         seeds = SeedBatch(config, images, labels)
         timings = interleaved(
-            {"separate": seeds.step_separate, "vmap": seeds.step_vmap, "bmm": seeds.step_bmm},
+            {
+                "single": seeds.step_single,
+                "separate": seeds.step_separate,
+                "vmap": seeds.step_vmap,
+                "bmm": seeds.step_bmm,
+            },
             min_rounds=min_rounds,
             max_rounds=max_rounds,
             budget_s=budget_s,
@@ -718,7 +730,8 @@ def batched_seeds(
         )
     per_model = {
         name: {
-            key: value / k if key.endswith("_s") else value for key, value in t.as_dict().items()
+            key: value / (1 if name == "single" else k) if key.endswith("_s") else value
+            for key, value in t.as_dict().items()
         }
         for name, t in timings.items()
     }
@@ -727,9 +740,16 @@ def batched_seeds(
         "batch": config.batch_size,
         "num_threads": num_threads,
         "times": per_model,
+        # Per model-step: a batched step trains k models, the single step one.
         "ratios": {
-            f"{way}/separate": paired_ratio(timings[way], timings["separate"])
-            for way in ("vmap", "bmm")
+            **{
+                f"{way}/separate": paired_ratio(timings[way], timings["separate"])
+                for way in ("vmap", "bmm")
+            },
+            **{
+                f"{way}/single": paired_ratio(timings[way], timings["single"]) / k
+                for way in ("vmap", "bmm")
+            },
         },
     }
 
@@ -763,8 +783,8 @@ def format_engine(engine: Mapping[str, Any]) -> str:
         ms = {name: t["median_s"] * 1e3 for name, t in seeds["times"].items()}
         lines.append(
             f"batched seeds (sigmoid MLP, K={seeds['k']}, {seeds['num_threads']} thread), ms per "
-            f"model-step: separate {ms['separate']:.3f}, vmap {ms['vmap']:.3f} "
-            f"({seeds['ratios']['vmap/separate']:.2f}x), bmm {ms['bmm']:.3f} "
-            f"({seeds['ratios']['bmm/separate']:.2f}x)"
+            f"model-step: one model alone {ms.get('single', float('nan')):.3f}, "
+            f"K models in turn {ms['separate']:.3f}, vmap {ms['vmap']:.3f}, bmm {ms['bmm']:.3f}; "
+            + ", ".join(f"{name} {value:.2f}x" for name, value in seeds["ratios"].items())
         )
     return "\n".join(lines)

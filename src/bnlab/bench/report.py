@@ -157,11 +157,14 @@ def _engine_claims(engine: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         )
     seeds = engine.get("batched_seeds")
     if seeds:
-        way, best = min(seeds["ratios"].items(), key=lambda item: item[1])
+        # Against one model alone where measured: each of the engine's runs trains one
+        # model in its own process, side by side with the others.
+        ratios = {w: r for w, r in seeds["ratios"].items() if w.endswith("/single")}
+        way, best = min((ratios or seeds["ratios"]).items(), key=lambda item: item[1])
         claims.append(
             {
                 "claim": f"batching {seeds['k']} sigmoid-MLP seeds saves under 5% per "
-                "model-step (the engine does not batch seeds)",
+                "model-step against one model alone (the engine does not batch seeds)",
                 "measured": round(best, 3),
                 "worst_case": way,
                 "holds": best >= 0.95,
