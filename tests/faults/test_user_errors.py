@@ -102,6 +102,13 @@ def test_missing_data_dir_is_refused(cli: Cli, tmp_path: Path) -> None:
     assert "--data-dir" in line and "does not exist" in line
 
 
+@pytest.mark.parametrize("command", ["run deep-cnn", "reproduce"])
+def test_jobs_below_one_is_refused(cli: Cli, tmp_path: Path, command: str) -> None:
+    argv = [*command.split(), *QUICK, "--out", str(tmp_path / "runs"), "--jobs", "0"]
+    line = _refused(cli, tmp_path, *argv)
+    assert "--jobs must be >= 1; got 0" in line
+
+
 def test_report_on_a_directory_without_runs_writes_nothing(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a run\n")
     line = _refused(cli, tmp_path, "report", str(tmp_path))
