@@ -35,11 +35,12 @@ from torch import Tensor, nn
 from bnlab.bench.machine import measure_quietly
 from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.data import TrainBatches, write_fake_mnist
-from bnlab.experiments import deep_cnn, sigmoid_mlp
+from bnlab.experiments import deep_cnn, runner, sigmoid_mlp
 from bnlab.experiments.base import ExperimentSpec
 from bnlab.experiments.registry import get_experiment
 from bnlab.experiments.runner import data_provenance, run_one
 from bnlab.train.env import process_git_revision
+from bnlab.train.evaluate import evaluate, predict_one_at_a_time
 from bnlab.train.rundir import RunDir
 
 __all__ = [
@@ -125,45 +126,10 @@ class PlainRun:
 
 @contextlib.contextmanager
 def _settings(num_threads: int | None, flush_denormal: bool) -> Iterator[None]:
-    """The thread count and denormal flushing the runner gives a run, then restored."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    supported = torch.set_flush_denormal(flush_denormal)
-    try:
+    """The thread count and denormal flushing the runner gives a run (its own context
+    managers), then restored."""
+    with runner.threads(num_threads), runner.numerics(flush_denormal):
         yield
-    finally:
-        torch.set_num_threads(previous)
-        if supported and flush_denormal:
-            torch.set_flush_denormal(False)  # bnlab never runs with it on outside a run
-
-
-def _accuracy_and_loss(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    batch_size: int,
-) -> dict[str, float]:
-    """Inference-mode loss (mean over examples) and accuracy, in chunks of ``batch_size``."""
-    model.eval()
-    total, correct = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            logits = model(x)
-            total += float(loss_fn(logits, y)) * x.shape[0]
-            correct += int((logits.argmax(dim=1) == y).sum())
-    model.train()
-    return {"loss": total / images.shape[0], "accuracy": correct / images.shape[0]}
-
-
-def _one_at_a_time(model: nn.Module, images: Tensor) -> Tensor:
-    model.eval()
-    with torch.inference_mode():
-        predicted = torch.cat([model(images[i : i + 1]).argmax(dim=1) for i in range(len(images))])
-    model.train()
-    return predicted
 
 
 def _plain_deep_cnn(config: deep_cnn.DeepCNNConfig, data: Any) -> PlainRun:
@@ -189,15 +155,15 @@ def _plain_deep_cnn(config: deep_cnn.DeepCNNConfig, data: Any) -> PlainRun:
         optimizer.step()
         losses.append(loss.item())
         if batch_i % config.validate_every == 0:
-            _accuracy_and_loss(model, val.images, val.labels, loss_fn, chunk)
+            evaluate(model, val.images, val.labels, loss_fn, batch_size=chunk)
         elif batch_i % config.train_acc_every == 0:
-            _accuracy_and_loss(model, x, y, loss_fn, chunk)
+            evaluate(model, x, y, loss_fn, batch_size=chunk)
     train_s = time.perf_counter() - t0
-    final_val = _accuracy_and_loss(model, val.images, val.labels, loss_fn, chunk)
-    final_test = _accuracy_and_loss(model, test.images, test.labels, loss_fn, chunk)
+    final_val = evaluate(model, val.images, val.labels, loss_fn, batch_size=chunk)
+    final_test = evaluate(model, test.images, test.labels, loss_fn, batch_size=chunk)
     n = min(config.single_image_count, len(test))
     images, labels = test.images[:n], test.labels[:n]
-    single = _one_at_a_time(model, images)
+    single = predict_one_at_a_time(model, images)
     model.eval()
     with torch.inference_mode():
         batched = torch.cat(
@@ -254,7 +220,7 @@ def _plain_sigmoid_mlp(config: sigmoid_mlp.SigmoidMLPConfig, data: Any) -> Plain
     metrics = {"test_accuracy": final["accuracy"], "test_loss": final["loss"]}
     if config.norm == "batch":
         n = min(config.single_image_count, len(test_y))
-        single = _one_at_a_time(model, test_x[:n])
+        single = predict_one_at_a_time(model, test_x[:n])
         metrics["single_image_accuracy"] = (single == test_y[:n]).double().mean().item()
     return PlainRun(losses, metrics, train_s)
 

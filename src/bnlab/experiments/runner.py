@@ -43,9 +43,11 @@ __all__ = [
     "RunOutcome",
     "data_provenance",
     "load_experiment_data",
+    "numerics",
     "run_experiment",
     "run_one",
     "seed_list",
+    "threads",
 ]
 
 Log = Callable[[str], None]
@@ -116,7 +118,8 @@ def threads(n: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _numerics(flush_denormal: bool) -> Iterator[None]:
+def numerics(flush_denormal: bool) -> Iterator[None]:
+    """Run the block with denormal floats flushed to zero when asked (as TF's CPU kernels do)."""
     # TF's CPU kernels flush denormals to zero; without it a deep ReLU net whose
     # activations vanish also runs an order of magnitude slower.
     previous = torch.set_flush_denormal(flush_denormal)
@@ -357,7 +360,7 @@ def _run_locked(
         # The runner owns the thread count: the config's num_threads (the experiments
         # that set one), recorded with the config; the rest run on the process's count.
         with (
-            _numerics(spec.flush_denormal),
+            numerics(spec.flush_denormal),
             threads(getattr(config, "num_threads", None)),
             recording() as ledger,
         ):
