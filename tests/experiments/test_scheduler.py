@@ -178,6 +178,11 @@ def test_the_pool_stops_its_workers_when_the_job_stops() -> None:
         while not future.running():
             time.sleep(0.05)
         raise KeyboardInterrupt
+    # The executor's own thread may reap the killed worker a moment later; a worker left
+    # running would sleep for a minute.
+    deadline = time.monotonic() + 10
+    while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert processes and not any(p.is_alive() for p in processes)
 
 

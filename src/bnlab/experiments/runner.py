@@ -406,12 +406,15 @@ def load_experiment_data(
     data_dir: str | Path | None = None,
     progress: bool = False,
     is_main: bool = True,
+    load: Callable[[Path | None, bool], Any] | None = None,
 ) -> Any:
-    """``spec.load_data``; a failure is recorded in ``out_dir/<name>/not-run.json`` (which a
-    success removes) and raised as :class:`ExperimentNotRunError`."""
+    """``spec.load_data`` (or ``load``, e.g. a cache in front of it); a failure is recorded
+    in ``out_dir/<name>/not-run.json`` (which a success removes) and raised as
+    :class:`ExperimentNotRunError`."""
     exp_dir = Path(out_dir) / spec.name
+    load = load or spec.load_data
     try:
-        data = spec.load_data(Path(data_dir) if data_dir is not None else None, progress)
+        data = load(Path(data_dir) if data_dir is not None else None, progress)
     except BnlabError as exc:
         if is_main:
             write_json_atomic(

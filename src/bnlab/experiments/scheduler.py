@@ -222,25 +222,29 @@ def run_all(
     show = progress_enabled(progress)
     process_git_revision()  # pin the revision of the code this job runs, before any run
     not_run: dict[str, str] = {}
+    # Every experiment's data are loaded once here (experiments sharing a loader share
+    # the load), to record the missing ones; the runs of this process reuse them.
     cache = _DataCache()
     for name in dict.fromkeys(r.experiment for r in requests):
         spec = get_experiment(name)
         try:
-            data = load_experiment_data(
-                spec, out_dir=settings.out_dir, data_dir=settings.data_dir, progress=show
+            load_experiment_data(
+                spec,
+                out_dir=settings.out_dir,
+                data_dir=settings.data_dir,
+                progress=show,
+                load=cache.loader(spec, settings),
             )
         except ExperimentNotRunError as exc:
             not_run[name] = str(exc)  # the caller says it (reproduce goes on, run stops)
-            continue
-        if jobs == 1:
-            cache.put(spec, settings, data)
-        del data
     ready = [r for r in requests if r.experiment not in not_run]
     # A worker process finds an experiment by importing it; one registered at run time
     # (a plug-in, a test's) lives only in this process, so its runs train here.
     if jobs > 1 and not all(importable_by_name(r.experiment) for r in ready):
         log("experiments registered at run time train in this process: --jobs 1")
         jobs = 1
+    if jobs > 1:
+        cache.clear()  # the workers load their own
     bar = _Progress(ready, jobs if len(ready) > 1 else 1, show, log)
     try:
         if jobs == 1 or len(ready) <= 1:
@@ -300,19 +304,31 @@ class _DataCache:
         fn = spec.load_data
         return (f"{fn.__module__}.{fn.__qualname__}", str(settings.data_dir))
 
-    def put(self, spec: ExperimentSpec[Any, Any], settings: RunSettings, data: Any) -> None:
-        key = self._key(spec, settings)
-        self._items.pop(key, None)
-        while len(self._items) >= 2:
-            self._items.pop(next(iter(self._items)))
-        self._items[key] = data
-
-    def get(self, spec: ExperimentSpec[Any, Any], settings: RunSettings) -> Any:
+    def get(
+        self, spec: ExperimentSpec[Any, Any], settings: RunSettings, progress: bool = False
+    ) -> Any:
         key = self._key(spec, settings)
         if key not in self._items:
             data_dir = settings.data_dir
-            self.put(spec, settings, spec.load_data(Path(data_dir) if data_dir else None, False))
+            data = spec.load_data(Path(data_dir) if data_dir else None, progress)
+            while len(self._items) >= 2:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = data
         return self._items[key]
+
+    def loader(
+        self, spec: ExperimentSpec[Any, Any], settings: RunSettings
+    ) -> Callable[[Path | None, bool], Any]:
+        """``spec.load_data``'s signature, served from this cache (the directory is the
+        settings' own)."""
+
+        def load(_data_dir: Path | None, progress: bool) -> Any:
+            return self.get(spec, settings, progress)
+
+        return load
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 def _train(
@@ -460,9 +476,11 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     except BaseException:
         processes = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
+        # SIGKILL: a worker may have inherited an ignored SIGTERM, and every file a run
+        # writes is atomic, so nothing is lost; the runs resume from their checkpoints.
         for process in processes:
             with contextlib.suppress(Exception):
-                process.terminate()
+                process.kill()
         for process in processes:
             with contextlib.suppress(Exception):
                 process.join(timeout=10)
