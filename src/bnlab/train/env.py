@@ -15,6 +15,7 @@ import torch
 
 import bnlab
 from bnlab.train import distributed as data_parallel
+from bnlab.train import memory
 
 
 def git_revision(directory: str | Path | None = None) -> dict[str, Any]:
@@ -82,6 +83,8 @@ def capture_environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # glibc keeps freed memory for reuse (train/memory.py): fewer page faults per step
+        "malloc_settings": dict(memory.MALLOC_SETTINGS) if memory.tuned() else None,
         "argv": list(sys.argv),
         "git": process_git_revision(),
         "data_parallel": data_parallel.current().describe(),  # world size, backend, sync_bn
