@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -205,6 +205,15 @@ class ExperimentSpec(Generic[C, D]):
         cost_s: ``config -> seconds``: a rough wall time of one run on its
             ``num_threads`` threads of a quiet 2-core machine. Only orders the scheduler's
             work (longest first) and feeds the progress estimate; ``None``: 30 s.
+        run_group: optional ``(configs, data, ctxs) -> [final metrics]``: trains several
+            seeds of one variant together (``configs[k]`` into ``ctxs[k].run``, the configs
+            differing only in ``seed``), each run bit for bit as ``run`` would train it
+            (same records, checkpoints in ``run``'s format, artefacts). It may raise
+            :class:`bnlab.train.group.GroupStateError` when the runs cannot train together
+            (checkpoints at different steps); the engine then trains them one at a time, as
+            it does after any other error of a group. ``None``: seeds train one at a time.
+        group_cost_s: ``(config, K) -> seconds`` of a group of K seeds (default: K times
+            :attr:`cost_s`); only for the scheduler's order and estimate.
     """
 
     name: str
@@ -222,6 +231,10 @@ class ExperimentSpec(Generic[C, D]):
     notes: tuple[str, ...] = ()
     flush_denormal: bool = True
     cost_s: Callable[[C], float] | None = None
+    run_group: Callable[[Sequence[C], D, Sequence[RunContext]], list[dict[str, float]]] | None = (
+        None
+    )
+    group_cost_s: Callable[[C, int], float] | None = None
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -242,6 +255,13 @@ class ExperimentSpec(Generic[C, D]):
     def estimated_cost_s(self, config: C) -> float:
         """:attr:`cost_s` of ``config`` (30 s when the experiment gives none)."""
         return float(self.cost_s(config)) if self.cost_s is not None else 30.0
+
+    def estimated_group_cost_s(self, config: C, count: int) -> float:
+        """:attr:`group_cost_s` of ``count`` seeds of ``config`` (default ``count`` times
+        :meth:`estimated_cost_s`)."""
+        if self.group_cost_s is not None:
+            return float(self.group_cost_s(config, count))
+        return count * self.estimated_cost_s(config)
 
     def variant_names(self) -> tuple[str, ...]:
         """The variant names in display order."""

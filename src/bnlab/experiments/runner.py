@@ -31,12 +31,12 @@ from bnlab.experiments.base import ExperimentSpec, RunContext, config_to_dict
 from bnlab.report.results import NOT_RUN
 from bnlab.train import distributed as data_parallel
 from bnlab.train.env import capture_environment, process_git_revision
-from bnlab.train.errors import RunConflictError, RunFilesError
+from bnlab.train.errors import CheckpointError, RunConflictError, RunFilesError
 from bnlab.train.io import write_json_atomic
 from bnlab.train.lock import RunLockedError, run_lock
 from bnlab.train.progress import progress_enabled
 from bnlab.train.rundir import RunDir
-from bnlab.train.timing import recording
+from bnlab.train.timing import TimeLedger, recording
 
 __all__ = [
     "ExperimentNotRunError",
@@ -45,6 +45,7 @@ __all__ = [
     "load_experiment_data",
     "numerics",
     "run_experiment",
+    "run_group",
     "run_one",
     "seed_list",
     "threads",
@@ -278,19 +279,31 @@ def _conflict(run: RunDir, what: str) -> RunConflictError:
     )
 
 
-def _run_locked(
+@dataclass
+class _Started:
+    """A run whose directory :func:`_prepare` made ready to train (or resume)."""
+
+    run: RunDir
+    config: Any
+    resolved: dict[str, Any]
+    sessions: int
+    t0: float
+
+
+def _prepare(
     spec: ExperimentSpec[Any, Any],
     run: RunDir,
     config: Any,
     resolved: dict[str, Any],
     provenance: dict[str, Any],
-    data: Any,
     *,
-    progress: bool,
     restart: bool,
     is_main: bool,
     log: Log,
-) -> RunOutcome:
+) -> RunOutcome | _Started:
+    """Under the run's lock: refuse a conflicting directory, skip a finished run (its
+    outcome returned), or make the directory ready to train or resume (records written,
+    metrics log cut back to the last checkpoint)."""
     variant, seed, quick = resolved["variant"], resolved["seed"], resolved["quick"]
     t0 = time.perf_counter()
     if run.config_path.is_file() and restart:
@@ -331,12 +344,7 @@ def _run_locked(
     sessions = 1
     if is_main:
         if run.path.is_dir():
-            # Whatever a killed process left: temporaries of atomic writes, and log records
-            # (maybe a torn line) after the last checkpoint, which the resumed steps re-log.
-            run.remove_temporaries()
-            before, after = run.cut_back_metrics()
-            if before != after:
-                log(f"{run.path}: metrics log cut back to the last checkpoint ({after} bytes)")
+            _clean(run, log)
         if run.config_path.is_file():
             try:
                 env = run.read_env()
@@ -354,49 +362,277 @@ def _run_locked(
             run.write_json(RunDir.ENV, capture_environment())
             run.write_json(RunDir.CONFIG, resolved)
         run.failed_path.unlink(missing_ok=True)
+    return _Started(run, config, resolved, sessions, t0)
 
-    ctx = RunContext(run, spec.name, variant, seed, progress=progress, is_main=is_main)
+
+def _clean(run: RunDir, log: Log) -> None:
+    """Remove what a killed (or failed) process left: temporaries of atomic writes, and log
+    records (maybe a torn line) after the last checkpoint, which the resumed steps re-log."""
+    run.remove_temporaries()
+    before, after = run.cut_back_metrics()
+    if before != after:
+        log(f"{run.path}: metrics log cut back to the last checkpoint ({after} bytes)")
+
+
+@contextlib.contextmanager
+def _training(spec: ExperimentSpec[Any, Any], config: Any) -> Iterator[TimeLedger]:
+    """The settings a run trains under: denormals, the config's ``num_threads`` (the
+    experiments that set one, recorded with the config; the rest run on the process's
+    count), and an open time ledger (``train/timing.py``)."""
+    with (
+        numerics(spec.flush_denormal),
+        threads(getattr(config, "num_threads", None)),
+        recording() as ledger,
+    ):
+        yield ledger
+
+
+def _record_failure(run: RunDir, exc: BaseException, is_main: bool) -> None:
+    if is_main:
+        # A full disk may refuse this record too; the original error matters more.
+        with contextlib.suppress(OSError):
+            run.write_json(
+                RunDir.FAILED,
+                {
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                    "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+
+
+def _finish(
+    spec: ExperimentSpec[Any, Any],
+    started: _Started,
+    metrics: Mapping[str, float],
+    *,
+    wall: float,
+    run_threads: int,
+    time_s: dict[str, float],
+    is_main: bool,
+) -> RunOutcome:
+    """Write ``result.json`` (last) and return the run's outcome."""
+    values = {str(k): float(v) for k, v in metrics.items()}
+    if is_main:
+        started.run.write_result(
+            values,
+            wall_time_s=wall,
+            sessions=started.sessions,
+            torch_threads=run_threads,
+            time_s=time_s,
+        )
+    resolved = started.resolved
+    return RunOutcome(
+        spec.name,
+        resolved["variant"],
+        resolved["seed"],
+        started.run.path,
+        "done",
+        values,
+        wall_time_s=wall,
+    )
+
+
+def _train_one(
+    spec: ExperimentSpec[Any, Any],
+    started: _Started,
+    data: Any,
+    *,
+    progress: bool,
+    is_main: bool,
+) -> RunOutcome:
+    """Train a prepared run alone with ``spec.run``; ``failed.json`` when it raises."""
+    resolved = started.resolved
+    ctx = RunContext(
+        started.run,
+        spec.name,
+        resolved["variant"],
+        resolved["seed"],
+        progress=progress,
+        is_main=is_main,
+    )
     try:
-        # The runner owns the thread count: the config's num_threads (the experiments
-        # that set one), recorded with the config; the rest run on the process's count.
-        with (
-            numerics(spec.flush_denormal),
-            threads(getattr(config, "num_threads", None)),
-            recording() as ledger,
-        ):
+        with _training(spec, started.config) as ledger:
             run_threads = torch.get_num_threads()
-            metrics = spec.run(config, data, ctx)
+            metrics = spec.run(started.config, data, ctx)
     except KeyboardInterrupt:
         raise  # interrupted, not failed: the next call resumes from the checkpoint
     except Exception as exc:
-        if is_main:
-            # A full disk may refuse this record too; the original error matters more.
-            with contextlib.suppress(OSError):
-                run.write_json(
-                    RunDir.FAILED,
-                    {
-                        "error": type(exc).__name__,
-                        "message": str(exc),
-                        "traceback": traceback.format_exc(),
-                        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
-                            timespec="seconds"
-                        ),
-                    },
-                )
+        _record_failure(started.run, exc, is_main)
         raise
-    metrics = {str(k): float(v) for k, v in metrics.items()}
-    wall = time.perf_counter() - t0
-    if is_main:
-        # Where this session's time went (train/timing.py); "other": set-up and the
-        # measurements after training.
-        run.write_result(
-            metrics,
-            wall_time_s=wall,
-            sessions=sessions,
-            torch_threads=run_threads,
-            time_s=ledger.breakdown(wall),
+    wall = time.perf_counter() - started.t0
+    # Where this session's time went; "other": set-up and the measurements after training.
+    return _finish(
+        spec,
+        started,
+        metrics,
+        wall=wall,
+        run_threads=run_threads,
+        time_s=ledger.breakdown(wall),
+        is_main=is_main,
+    )
+
+
+def _run_locked(
+    spec: ExperimentSpec[Any, Any],
+    run: RunDir,
+    config: Any,
+    resolved: dict[str, Any],
+    provenance: dict[str, Any],
+    data: Any,
+    *,
+    progress: bool,
+    restart: bool,
+    is_main: bool,
+    log: Log,
+) -> RunOutcome:
+    started = _prepare(
+        spec, run, config, resolved, provenance, restart=restart, is_main=is_main, log=log
+    )
+    if isinstance(started, RunOutcome):
+        return started
+    return _train_one(spec, started, data, progress=progress, is_main=is_main)
+
+
+#: Errors that stop a job (a rerun needs a decision first); never recorded as a failed run.
+STOPPING_ERRORS = (
+    RunConflictError,
+    RunLockedError,
+    RunFilesError,
+    CheckpointError,
+)
+
+
+def run_group(
+    spec: ExperimentSpec[Any, Any],
+    variant: str,
+    seeds: Sequence[int],
+    data: Any,
+    *,
+    out_dir: str | Path,
+    quick: bool = False,
+    progress: bool = False,
+    restart: bool = False,
+    overrides: Mapping[str, str] | None = None,
+    keep_going: bool = False,
+    log: Log = _stderr,
+    provenance: Mapping[str, Any] | None = None,
+) -> list[RunOutcome]:
+    """Run (or resume, or skip) several seeds of one variant, trained together as one
+    group (``spec.run_group``) where the experiment offers it; one outcome per seed.
+
+    Every run goes through what :func:`run_one` does (its lock, held for the whole call;
+    config and data checks; a finished run skipped; ``config.json``, ``env.json``,
+    ``data.json``; ``result.json`` last), and each run directory ends up as a single run
+    leaves it. The unfinished runs train together when there are two or more of them, the
+    experiment has ``run_group`` and no data-parallel training is on; otherwise, and after
+    any error of the group (e.g. runs resumed from different steps, a NaN in one seed),
+    they train one at a time from their last checkpoints, so a failure lands on its own
+    run exactly as on the single path. Time is charged evenly: each grouped run's
+    ``wall_time_s`` and ``time_s`` are the group's divided by the number of runs in it.
+
+    Args:
+        keep_going: record a failed run (``failed.json``, a ``"failed"`` outcome) and go
+            on with the next; otherwise re-raise the first failure.
+
+    Raises:
+        RunLockedError, RunConflictError, CheckpointError, RunFilesError: as
+            :func:`run_one` (never recorded as failures, never caught by ``keep_going``).
+        Exception: a run's error when not ``keep_going``.
+    """
+    provenance = dict(provenance) if provenance is not None else data_provenance(data)
+    runs = []
+    for seed in seeds:
+        config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
+        run = RunDir(run_path(out_dir, spec.name, variant, seed))
+        runs.append((seed, config, run, _resolved(spec, variant, seed, config, quick)))
+    outcomes: dict[int, RunOutcome] = {}
+    with contextlib.ExitStack() as locks:
+        for entry in runs:
+            locks.enter_context(run_lock(entry[2].path))
+        todo: list[_Started] = []
+        for seed, config, run, resolved in runs:
+            started = _prepare(
+                spec, run, config, resolved, provenance, restart=restart, is_main=True, log=log
+            )
+            if isinstance(started, RunOutcome):
+                outcomes[seed] = started
+            else:
+                todo.append(started)
+        single = data_parallel.current().enabled or spec.run_group is None
+        grouped = len(todo) > 1 and not single
+        if grouped:
+            try:
+                for outcome in _train_together(spec, todo, data, progress=progress):
+                    outcomes[outcome.seed] = outcome
+                todo = []
+            except KeyboardInterrupt:
+                raise
+            except STOPPING_ERRORS:
+                raise
+            except Exception as exc:
+                labels = ", ".join(f"seed-{s.resolved['seed']}" for s in todo)
+                log(
+                    f"{spec.name}/{variant}: the group ({labels}) stopped with "
+                    f"{type(exc).__name__}: {exc}; training its runs one at a time"
+                )
+                for started in todo:
+                    _clean(started.run, log)
+        for started in todo:
+            seed = started.resolved["seed"]
+            try:
+                outcomes[seed] = _train_one(spec, started, data, progress=progress, is_main=True)
+            except (KeyboardInterrupt, *STOPPING_ERRORS):
+                raise
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                outcomes[seed] = RunOutcome(
+                    spec.name,
+                    variant,
+                    seed,
+                    started.run.path,
+                    "failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+    return [outcomes[seed] for seed in seeds]
+
+
+def _train_together(
+    spec: ExperimentSpec[Any, Any], todo: Sequence[_Started], data: Any, *, progress: bool
+) -> list[RunOutcome]:
+    """Train prepared runs with ``spec.run_group``; write each ``result.json`` with an even
+    share of the group's time."""
+    if spec.run_group is None:  # the caller checks; kept for the type checker
+        raise ValueError(f"{spec.name} has no run_group")
+    ctxs = [
+        RunContext(s.run, spec.name, s.resolved["variant"], s.resolved["seed"], progress=progress)
+        for s in todo
+    ]
+    t0 = time.perf_counter()
+    with _training(spec, todo[0].config) as ledger:
+        run_threads = torch.get_num_threads()
+        results = spec.run_group([s.config for s in todo], data, ctxs)
+    if len(results) != len(todo):
+        raise ValueError(
+            f"{spec.name}: run_group returned {len(results)} results for {len(todo)} runs"
         )
-    return RunOutcome(spec.name, variant, seed, run.path, "done", metrics, wall_time_s=wall)
+    wall = time.perf_counter() - t0
+    share = wall / len(todo)
+    time_s = {name: round(v / len(todo), 3) for name, v in ledger.breakdown(wall).items()}
+    return [
+        _finish(
+            spec,
+            started,
+            metrics,
+            wall=share,
+            run_threads=run_threads,
+            time_s=time_s,
+            is_main=True,
+        )
+        for started, metrics in zip(todo, results, strict=True)
+    ]
 
 
 def load_experiment_data(

@@ -40,16 +40,16 @@ from bnlab.errors import BnlabError
 from bnlab.experiments.base import ExperimentSpec
 from bnlab.experiments.registry import get_experiment, importable_by_name
 from bnlab.experiments.runner import (
+    STOPPING_ERRORS,
     ExperimentNotRunError,
     RunOutcome,
     data_provenance,
     load_experiment_data,
+    run_group,
     run_one,
     run_path,
 )
 from bnlab.train.env import adopt_process_git_revision, process_git_revision
-from bnlab.train.errors import CheckpointError, RunConflictError, RunFilesError
-from bnlab.train.lock import RunLockedError
 from bnlab.train.progress import progress_enabled
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
 Log = Callable[[str], None]
 
 #: Errors that stop the whole job: a rerun needs a decision first (``--restart``, ``--out``).
-_STOPPING = (RunConflictError, RunLockedError, RunFilesError, CheckpointError)
+_STOPPING = STOPPING_ERRORS
 
 
 def _stderr(message: str) -> None:
@@ -87,17 +87,27 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One run to do: a registered experiment's variant at one seed, with its thread count
-    and estimated time (from the resolved config)."""
+    """One task to do: a registered experiment's variant at one seed, or at several seeds
+    trained together as one group (``seeds``, see
+    :func:`bnlab.experiments.runner.run_group`), with the threads the task needs and its
+    estimated time (from the resolved config)."""
 
     experiment: str
     variant: str
     seed: int
     threads: int = 1
     cost_s: float = 30.0
+    seeds: tuple[int, ...] = ()  # a group's seeds (``seed`` is the first); () for one run
+
+    @property
+    def runs(self) -> tuple[int, ...]:
+        """The seeds this task trains."""
+        return self.seeds or (self.seed,)
 
     @property
     def label(self) -> str:
+        if self.seeds:
+            return f"{self.experiment}/{self.variant}/seeds-{','.join(map(str, self.seeds))}"
         return f"{self.experiment}/{self.variant}/seed-{self.seed}"
 
 
@@ -119,10 +129,16 @@ def plan(
     variants: Sequence[str] | None = None,
     quick: bool = False,
     overrides: Mapping[str, str] | None = None,
+    group: bool = True,
 ) -> list[RunRequest]:
     """Every (experiment, variant, seed) of ``specs``, experiments and variants in their
     order, seeds inner. Resolving each config first makes unknown variants, unknown
     ``--set`` fields and bad values fail before anything runs.
+
+    With ``group`` the seeds of a variant whose experiment offers
+    :attr:`ExperimentSpec.run_group` are one task (one request with ``seeds``) that
+    trains them together on one run's threads, its cost
+    :meth:`ExperimentSpec.estimated_group_cost_s`.
 
     Raises:
         UnknownNameError, ConfigError: from :meth:`ExperimentSpec.config_for`.
@@ -130,11 +146,16 @@ def plan(
     out: list[RunRequest] = []
     for spec in specs:
         for variant in variants or spec.variant_names():
-            for seed in seeds:
-                config = spec.config_for(variant, seed, quick=quick, overrides=overrides)
-                threads = int(getattr(config, "num_threads", 1) or 1)
-                cost = spec.estimated_cost_s(config)
-                out.append(RunRequest(spec.name, variant, seed, threads, cost))
+            configs = [
+                spec.config_for(variant, seed, quick=quick, overrides=overrides) for seed in seeds
+            ]
+            threads = [int(getattr(c, "num_threads", 1) or 1) for c in configs]
+            if group and spec.run_group is not None and len(seeds) > 1:
+                cost = spec.estimated_group_cost_s(configs[0], len(seeds))
+                out.append(RunRequest(spec.name, variant, seeds[0], threads[0], cost, tuple(seeds)))
+                continue
+            for seed, config, n in zip(seeds, configs, threads, strict=True):
+                out.append(RunRequest(spec.name, variant, seed, n, spec.estimated_cost_s(config)))
     return out
 
 
@@ -142,7 +163,7 @@ class _Progress:
     """The overall bar and the one-line-per-run log."""
 
     def __init__(self, requests: Sequence[RunRequest], jobs: int, show: bool, log: Log):
-        self.total = len(requests)
+        self.total = sum(len(r.runs) for r in requests)
         self.jobs = max(1, jobs)
         self.log = log
         self.done = 0
@@ -161,15 +182,17 @@ class _Progress:
         )
 
     def finished(self, request: RunRequest, outcome: RunOutcome, where: Path) -> None:
+        """One run of ``request`` ended (a group's runs each count a share of its cost)."""
         self.done += 1
         label = f"[{self.done}/{self.total}] {where}"
         if outcome.status == "done":
             self.log(f"{label}: done in {outcome.wall_time_s:.1f} s")
         elif outcome.status == "failed":
             self.log(f"{label}: FAILED: {outcome.error}")
-        self.cost_left -= request.cost_s
+        cost = request.cost_s / len(request.runs)
+        self.cost_left -= cost
         if outcome.status == "done":
-            self.cost_done += request.cost_s
+            self.cost_done += cost
             self.wall_done += outcome.wall_time_s
         self.bar.update(1)
         self.bar.set_postfix_str(self._estimate(), refresh=True)
@@ -200,9 +223,10 @@ def run_all(
     progress: bool | None = None,
     log: Log = _stderr,
 ) -> tuple[list[RunOutcome], dict[str, str]]:
-    """Do ``requests``; return one outcome per request (in request order, skipped and
-    failed runs included) and ``{experiment: why}`` for experiments whose data could not
-    be loaded (recorded in their ``not-run.json``; their runs are left out).
+    """Do ``requests``; return one outcome per run (in request order, a group's runs in
+    seed order, skipped and failed runs included) and ``{experiment: why}`` for
+    experiments whose data could not be loaded (recorded in their ``not-run.json``; their
+    runs are left out).
 
     Args:
         jobs: runs side by side (1: in this process, in order). The threads of the runs
@@ -256,16 +280,24 @@ def run_all(
     return outcomes, not_run
 
 
-def _where(request: RunRequest, settings: RunSettings) -> Path:
-    path = run_path(settings.out_dir, request.experiment, request.variant, request.seed)
+def _where(outcome: RunOutcome, settings: RunSettings) -> Path:
+    path = run_path(settings.out_dir, outcome.experiment, outcome.variant, outcome.seed)
     return path.relative_to(settings.out_dir)
 
 
-def _failed(request: RunRequest, settings: RunSettings, error: str) -> RunOutcome:
-    path = run_path(settings.out_dir, request.experiment, request.variant, request.seed)
-    return RunOutcome(
-        request.experiment, request.variant, request.seed, path, "failed", error=error
-    )
+def _failed(request: RunRequest, settings: RunSettings, error: str) -> list[RunOutcome]:
+    """A failed outcome for each run of ``request`` (an error that escaped all of them)."""
+    return [
+        RunOutcome(
+            request.experiment,
+            request.variant,
+            seed,
+            run_path(settings.out_dir, request.experiment, request.variant, seed),
+            "failed",
+            error=error,
+        )
+        for seed in request.runs
+    ]
 
 
 # -- one process ------------------------------------------------------------------------
@@ -281,15 +313,16 @@ def _serial(
     outcomes: list[RunOutcome] = []
     for request in requests:
         try:
-            outcome = _train(request, settings, cache, progress=show, log=log)
+            done = _train(request, settings, cache, progress=show, log=log, keep_going=keep_going)
         except (KeyboardInterrupt, *_STOPPING):
             raise
         except Exception as exc:
             if not keep_going:
                 raise
-            outcome = _failed(request, settings, f"{type(exc).__name__}: {exc}")
-        bar.finished(request, outcome, _where(request, settings))
-        outcomes.append(outcome)
+            done = _failed(request, settings, f"{type(exc).__name__}: {exc}")
+        for outcome in done:
+            bar.finished(request, outcome, _where(outcome, settings))
+        outcomes += done
     return outcomes
 
 
@@ -332,11 +365,34 @@ class _DataCache:
 
 
 def _train(
-    request: RunRequest, settings: RunSettings, cache: _DataCache, *, progress: bool, log: Log
-) -> RunOutcome:
+    request: RunRequest,
+    settings: RunSettings,
+    cache: _DataCache,
+    *,
+    progress: bool,
+    log: Log,
+    keep_going: bool,
+) -> list[RunOutcome]:
+    """Train one request: a group through :func:`run_group`, one run through
+    :func:`run_one`."""
     spec = get_experiment(request.experiment)
     data = cache.get(spec, settings)
-    return run_one(
+    if request.seeds:
+        return run_group(
+            spec,
+            request.variant,
+            request.seeds,
+            data,
+            out_dir=settings.out_dir,
+            quick=settings.quick,
+            progress=progress,
+            restart=settings.restart,
+            overrides=settings.overrides,
+            keep_going=keep_going,
+            log=log,
+            provenance=data_provenance(data),
+        )
+    outcome = run_one(
         spec,
         request.variant,
         request.seed,
@@ -349,6 +405,7 @@ def _train(
         log=log,
         provenance=data_provenance(data),
     )
+    return [outcome]
 
 
 # -- worker processes -------------------------------------------------------------------
@@ -366,7 +423,7 @@ def _worker_init(git: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class _Reply:
-    outcome: RunOutcome | None
+    outcomes: list[RunOutcome] | None
     messages: list[str]
     stop: BaseException | None = None
 
@@ -375,7 +432,14 @@ def _worker_run(request: RunRequest, settings: RunSettings, keep_going: bool) ->
     messages: list[str] = []
     assert _WORKER_CACHE is not None
     try:
-        outcome = _train(request, settings, _WORKER_CACHE, progress=False, log=messages.append)
+        outcome = _train(
+            request,
+            settings,
+            _WORKER_CACHE,
+            progress=False,
+            log=messages.append,
+            keep_going=keep_going,
+        )
     except _STOPPING as exc:
         return _Reply(None, messages, _picklable(exc))
     except Exception as exc:
@@ -430,7 +494,7 @@ def _parallel(
     budget = max(jobs, available_cores())
     # Longest first: the last runs to start are short, so the cores finish together.
     queue = sorted(range(len(requests)), key=lambda i: -requests[i].cost_s)
-    outcomes: dict[int, RunOutcome] = {}
+    outcomes: dict[int, list[RunOutcome]] = {}
     running: dict[Future[_Reply], int] = {}
     with _pool(jobs) as pool:
         while queue or running:
@@ -455,10 +519,11 @@ def _parallel(
                     bar.log(message)
                 if reply.stop is not None:
                     raise reply.stop
-                assert reply.outcome is not None
-                outcomes[i] = reply.outcome
-                bar.finished(request, reply.outcome, _where(request, settings))
-    return [outcomes[i] for i in range(len(requests))]
+                assert reply.outcomes is not None
+                outcomes[i] = reply.outcomes
+                for outcome in reply.outcomes:
+                    bar.finished(request, outcome, _where(outcome, settings))
+    return [outcome for i in range(len(requests)) for outcome in outcomes[i]]
 
 
 @contextlib.contextmanager

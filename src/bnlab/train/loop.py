@@ -268,8 +268,9 @@ class Trainer:
         raise NonFiniteLossError(self.desc, step, value, hint)
 
     # -- the loop -------------------------------------------------------------------------
-    def fit(self) -> FitResult:
-        """Run (or resume, or skip if finished) the phase; return what was done."""
+    def _begin(self) -> FitResult | tuple[int, float, int | None]:
+        """Restore the phase's checkpoint if there is one: a :class:`FitResult` when the
+        phase is finished, else ``(start_step, elapsed_before_s, resumed_from)``."""
         start_step = 0
         elapsed_before = 0.0
         resumed_from: int | None = None
@@ -282,8 +283,45 @@ class Trainer:
                 # Records logged after the checkpoint are re-logged by the replayed steps.
                 self.run.metrics.truncate(ckpt.metrics_offset)
             start_step, elapsed_before, resumed_from = ckpt.step, ckpt.elapsed_s, ckpt.step
-
         self._first_pending_step = start_step + 1
+        return start_step, elapsed_before, resumed_from
+
+    def _after_step(self, step: int, x: Tensor, y: Tensor) -> None:
+        """The bookkeeping after optimizer step ``step`` (its loss already buffered):
+        write the buffered losses when due, run the due hooks and log their records, and
+        put the model back in training mode after them."""
+        batch = step - 1
+        due = [hook for hook in self.hooks if hook.when(batch)]
+        if due or step % self.log_every == 0 or step == self.num_steps:
+            with timed("metric_writes"):
+                self._flush_losses()
+        if due:
+            ctx = HookContext(batch=batch, step=step, model=self.model, inputs=x, targets=y)
+            for hook in due:
+                with timed(f"hook:{hook.tag}"):
+                    values = dict(hook.fn(ctx))
+                self.metrics.append({"phase": self.phase, "tag": hook.tag, "step": step, **values})
+            with timed("metric_writes"):
+                self.metrics.flush()
+            self.model.train()
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether a checkpoint is written after step ``step``."""
+        at_checkpoint = bool(self.checkpoint_every) and step % self.checkpoint_every == 0
+        return self.run is not None and (at_checkpoint or step == self.num_steps)
+
+    def _save_checkpoint(self, step: int, elapsed_s: float) -> None:
+        """Write the checkpoint of step ``step`` (the metrics log flushed and synced first)."""
+        with timed("checkpoints"):
+            offset = self.metrics.flush(fsync=True)
+            self._state(step, elapsed_s, offset).save(self._checkpoint_file)  # type: ignore[arg-type]
+
+    def fit(self) -> FitResult:
+        """Run (or resume, or skip if finished) the phase; return what was done."""
+        begun = self._begin()
+        if isinstance(begun, FitResult):
+            return begun
+        start_step, elapsed_before, resumed_from = begun
         t0 = time.perf_counter()
         steps_s = 0.0  # charged to the run's time ledger once, at the end
         self._bar = progress_bar(
@@ -304,29 +342,9 @@ class Trainer:
                 self._losses.append(loss.detach())
                 steps_s += time.perf_counter() - t_step
                 self._bar.update(1)
-
-                batch = step - 1
-                due = [hook for hook in self.hooks if hook.when(batch)]
-                if due or step % self.log_every == 0 or step == self.num_steps:
-                    with timed("metric_writes"):
-                        self._flush_losses()
-                if due:
-                    ctx = HookContext(batch=batch, step=step, model=self.model, inputs=x, targets=y)
-                    for hook in due:
-                        with timed(f"hook:{hook.tag}"):
-                            values = dict(hook.fn(ctx))
-                        self.metrics.append(
-                            {"phase": self.phase, "tag": hook.tag, "step": step, **values}
-                        )
-                    with timed("metric_writes"):
-                        self.metrics.flush()
-                    self.model.train()
-                at_checkpoint = self.checkpoint_every and step % self.checkpoint_every == 0
-                if self.run is not None and (at_checkpoint or step == self.num_steps):
-                    with timed("checkpoints"):
-                        elapsed = elapsed_before + time.perf_counter() - t0
-                        offset = self.metrics.flush(fsync=True)
-                        self._state(step, elapsed, offset).save(self._checkpoint_file)  # type: ignore[arg-type]
+                self._after_step(step, x, y)
+                if self._checkpoint_due(step):
+                    self._save_checkpoint(step, elapsed_before + time.perf_counter() - t0)
         finally:
             self._bar.close()
             self._bar = None

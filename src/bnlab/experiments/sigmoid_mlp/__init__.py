@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from bnlab.experiments.base import ExperimentSpec, load_mnist_data
-from bnlab.experiments.sigmoid_mlp.config import VARIANTS, SigmoidMLPConfig, cost_s, quick
+from bnlab.experiments.sigmoid_mlp.config import (
+    VARIANTS,
+    SigmoidMLPConfig,
+    cost_s,
+    group_cost_s,
+    quick,
+)
 from bnlab.experiments.sigmoid_mlp.report import CLAIMS, CURVES, METRICS, NOTES, extra_blocks
 from bnlab.experiments.sigmoid_mlp.report import REFERENCE_FILE as REFERENCE_FILE
 from bnlab.experiments.sigmoid_mlp.report import input_noise as input_noise
@@ -21,6 +27,7 @@ from bnlab.experiments.sigmoid_mlp.run import (
     build_model,
     probe_statistics,
     run,
+    run_group,
     summed_cross_entropy,
 )
 
@@ -56,4 +63,6 @@ SPEC: ExperimentSpec[SigmoidMLPConfig, Any] = ExperimentSpec(
     extra_blocks=extra_blocks,
     notes=NOTES,
     cost_s=cost_s,
+    run_group=run_group,
+    group_cost_s=group_cost_s,
 )

@@ -5,8 +5,9 @@ statistics, and ``run`` (training, then the single-example pitfall or its fix).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,11 +18,14 @@ from bnlab.data import TrainBatches
 from bnlab.experiments.base import RunContext
 from bnlab.experiments.sigmoid_mlp.config import TEST_TAG, SigmoidMLPConfig
 from bnlab.models.mlp import SigmoidMLP
+from bnlab.models.mlp_stack import StackedSigmoidMLP
 from bnlab.train import Hook, Trainer, every, predict_one_at_a_time
 from bnlab.train.evaluate import eval_mode
+from bnlab.train.group import GroupTrainer
 from bnlab.train.io import torch_save_atomic
+from bnlab.train.loop import FitResult
 
-__all__ = ["build_model", "probe_statistics", "run", "summed_cross_entropy"]
+__all__ = ["build_model", "probe_statistics", "run", "run_group", "summed_cross_entropy"]
 
 
 def build_model(
@@ -107,63 +111,168 @@ def run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float
 
 
 def _run(config: SigmoidMLPConfig, data: Any, ctx: RunContext) -> dict[str, float]:
-    test = data.test
-    test_x, test_y = test.flat(), test.labels
-    input_dim, num_classes = test_x.shape[1], data.num_classes
-    model = build_model(config, input_dim, num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    batches = TrainBatches(data.train, config.batch_size, seed=config.seed)
+    seed = _Seed(config, data, ctx)
+    return seed.finish(seed.trainer.fit())
 
-    def measure_test() -> dict[str, float]:
+
+def _test_values(
+    config: SigmoidMLPConfig, logits: Tensor, probe: Tensor, labels: Tensor
+) -> dict[str, float]:
+    """A ``test`` record from one network's test-set logits and layer-2 probe."""
+    values = {
+        "accuracy": (logits.argmax(dim=1) == labels).double().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+    }
+    values.update(probe_statistics(probe, config.probe_neurons, config.percentiles))
+    return values
+
+
+class _Seed:
+    """One run's network, optimizer, sampler and trainer, and its measurements after
+    training (:meth:`finish`); shared by :func:`run` and :func:`run_group`."""
+
+    def __init__(
+        self,
+        config: SigmoidMLPConfig,
+        data: Any,
+        ctx: RunContext,
+        test_hook: Callable[[int], dict[str, float]] | None = None,
+    ) -> None:
+        self.config, self.ctx = config, ctx
+        test = data.test
+        self.test_x, self.test_y = test.flat(), test.labels
+        self.num_classes = data.num_classes
+        self.model = build_model(config, self.test_x.shape[1], self.num_classes)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.learning_rate)
+        batches = TrainBatches(data.train, config.batch_size, seed=config.seed)
+        measure = (lambda h: test_hook(h.step)) if test_hook else (lambda _h: self.measure_test())
+        self.trainer = Trainer(
+            self.model,
+            self.optimizer,
+            summed_cross_entropy,
+            batches,
+            config.num_steps,
+            run=ctx.run,
+            hooks=(Hook(TEST_TAG, measure, every(config.eval_every)),),
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            progress=ctx.progress,
+            desc=ctx.desc,
+            is_main=ctx.is_main,
+        )
+
+    def measure_test(self) -> dict[str, float]:
         # The seed evaluates with its training graph: batch statistics of the test set
         # (its first BN net has no others), gradients off.
-        freeze = not config.eval_updates_population
-        with _population_frozen(model, freeze), torch.no_grad():
-            model.train()
-            logits, probe = model.forward_with_probe(test_x)
-        values = {
-            "accuracy": (logits.argmax(dim=1) == test_y).double().mean().item(),
-            "loss": F.cross_entropy(logits, test_y).item(),
+        freeze = not self.config.eval_updates_population
+        with _population_frozen(self.model, freeze), torch.no_grad():
+            self.model.train()
+            logits, probe = self.model.forward_with_probe(self.test_x)
+        return _test_values(self.config, logits, probe, self.test_y)
+
+    def finish(self, fit: FitResult) -> dict[str, float]:
+        """The final test record and the measurements after training; the final metrics."""
+        config, ctx, model = self.config, self.ctx, self.model
+        test_x, test_y = self.test_x, self.test_y
+        final = self.measure_test()
+        self.trainer.metrics.append(
+            {"phase": "train", "tag": "final", "step": config.num_steps, **final}
+        )
+        self.trainer.metrics.flush()
+
+        metrics: dict[str, float] = {
+            "test_accuracy": final["accuracy"],
+            "test_loss": final["loss"],
+            "train_time_s": fit.elapsed_s,
         }
-        values.update(probe_statistics(probe, config.probe_neurons, config.percentiles))
-        return values
 
-    trainer = Trainer(
-        model,
-        optimizer,
-        summed_cross_entropy,
-        batches,
-        config.num_steps,
-        run=ctx.run,
-        hooks=(Hook(TEST_TAG, lambda _h: measure_test(), every(config.eval_every)),),
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        progress=ctx.progress,
-        desc=ctx.desc,
-        is_main=ctx.is_main,
+        n = min(config.single_image_count, len(test_x))
+        images, labels = test_x[:n], test_y[:n]
+        if config.norm == "batch":
+            # The pitfall: this network has only batch statistics, so one example at a time
+            # normalizes every layer-1 and layer-2 input to 0 and the output is constant.
+            predictions = predict_one_at_a_time(model, images)
+            metrics.update(_single_image_metrics(predictions, labels, "single_image"))
+            _write_predictions(ctx, labels, predictions, "batch statistics, one at a time")
+        elif config.norm == "population":
+            metrics.update(
+                _restore_and_infer(config, model, ctx, test_x, test_y, n, self.num_classes)
+            )
+        return metrics
+
+
+def run_group(
+    configs: Sequence[SigmoidMLPConfig], data: Any, ctxs: Sequence[RunContext]
+) -> list[dict[str, float]]:
+    """Train several seeds of one variant as one stacked model; each run's final metrics.
+
+    ``configs[k]`` (differing from the others only in ``seed``) trains into ``ctxs[k].run``
+    exactly as :func:`run` would, bit for bit: its own initial weights and batch order,
+    its own metrics log, ``test`` records and checkpoints (the single-run format), its own
+    measurements after training. The K networks train as one
+    :class:`~bnlab.models.mlp_stack.StackedSigmoidMLP` (every kernel call laid out as the
+    separate network's, see there); the test set is measured for all K at once. After
+    training each network is measured on its own, as :func:`run` does. Time is charged
+    evenly: ``train_time_s`` is each run's share (see :class:`GroupTrainer`).
+
+    Raises:
+        ValueError: configs that differ in more than ``seed``, or a count that differs
+            from ``ctxs``.
+        GroupStateError: the runs' checkpoints are at different steps (train them alone).
+    """
+    if len(configs) != len(ctxs) or not configs:
+        raise ValueError(f"expected one context per config; got {len(configs)} and {len(ctxs)}")
+    shapes = {dataclasses.replace(c, seed=0) for c in configs}
+    if len(shapes) != 1:
+        raise ValueError("the configs of a group must differ only in their seed")
+    config = configs[0]
+    cache: dict[int, list[dict[str, float]]] = {}
+    stacked: list[StackedSigmoidMLP] = []  # the stack, built below from the members' models
+    test_x, test_y = data.test.flat(), data.test.labels
+
+    def measure_all(step: int) -> list[dict[str, float]]:
+        # One stacked forward over the shared test set for every member's hook at `step`.
+        if step not in cache:
+            cache.clear()
+            stack = stacked[0]
+            with stack.population_frozen(not config.eval_updates_population), torch.no_grad():
+                logits, probe = stack.forward_with_probe(test_x)
+            cache[step] = [
+                _test_values(config, logits[k], probe[k], test_y) for k in range(len(configs))
+            ]
+        return cache[step]
+
+    def member(k: int) -> Callable[[int], dict[str, float]]:
+        return lambda step: measure_all(step)[k]
+
+    seeds = [
+        _Seed(c, data, ctx, member(k)) for k, (c, ctx) in enumerate(zip(configs, ctxs, strict=True))
+    ]
+    models = [s.model for s in seeds]
+    stack = StackedSigmoidMLP(models)
+    stacked.append(stack)
+    optimizer = torch.optim.SGD(stack.parameters(), lr=config.learning_rate)
+
+    def step(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+        logits = stack(torch.stack(xs))
+        # Each run's own loss call: the same summation as its single run's.
+        losses = [summed_cross_entropy(logits[k], y) for k, y in enumerate(ys)]
+        optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        optimizer.step()
+        return torch.stack([loss.detach() for loss in losses])
+
+    desc = f"{ctxs[0].experiment}/{ctxs[0].variant}/seeds-{','.join(str(c.seed) for c in configs)}"
+    group = GroupTrainer(
+        [s.trainer for s in seeds],
+        step,
+        sync=lambda: stack.push(models),
+        load=lambda: stack.pull(models),
+        progress=ctxs[0].progress,
+        desc=desc,
     )
-    fit = trainer.fit()
-    final = measure_test()
-    trainer.metrics.append({"phase": "train", "tag": "final", "step": config.num_steps, **final})
-    trainer.metrics.flush()
-
-    metrics: dict[str, float] = {
-        "test_accuracy": final["accuracy"],
-        "test_loss": final["loss"],
-        "train_time_s": fit.elapsed_s,
-    }
-
-    n = min(config.single_image_count, len(test))
-    images, labels = test_x[:n], test_y[:n]
-    if config.norm == "batch":
-        # The pitfall: this network has only batch statistics, so one example at a time
-        # normalizes every layer-1 and layer-2 input to 0 and the output is constant.
-        predictions = predict_one_at_a_time(model, images)
-        metrics.update(_single_image_metrics(predictions, labels, "single_image"))
-        _write_predictions(ctx, labels, predictions, "batch statistics, one at a time")
-    elif config.norm == "population":
-        metrics.update(_restore_and_infer(config, model, ctx, test_x, test_y, n, num_classes))
-    return metrics
+    fits = group.fit()
+    return [s.finish(fit) for s, fit in zip(seeds, fits, strict=True)]
 
 
 def _single_image_metrics(predictions: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
