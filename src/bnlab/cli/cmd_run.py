@@ -58,6 +58,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_seeds: int)
         "on N; the threads of the runs at work never exceed the cores",
     )
     parser.add_argument(
+        "--no-group",
+        action="store_true",
+        help="train every seed as its own run, even where the experiment trains the seeds "
+        "of a variant together as one stacked model (same results, bit for bit; slower)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -184,7 +190,12 @@ def train_all(
 
     overrides = parse_overrides(getattr(args, "set", None))
     requests = plan(
-        specs, seed_list(args.seeds), variants=variants, quick=args.quick, overrides=overrides
+        specs,
+        seed_list(args.seeds),
+        variants=variants,
+        quick=args.quick,
+        overrides=overrides,
+        group=not getattr(args, "no_group", False),
     )
     settings = RunSettings(
         out_dir=out_dir(args),

@@ -6,7 +6,9 @@ calls the experiment's ``run`` (which resumes from its checkpoints), and writes
 ``result.json`` last. A finished run is skipped only when its config and data fingerprint
 match; an interrupted one resumes after its metrics log is cut back to the last checkpoint
 and leftover temporary files are removed; a run directory holding a different config or
-data is refused (or discarded with ``restart``).
+data is refused (or discarded with ``restart``). :func:`run_group` does the same for the
+seeds of one variant and trains the unfinished ones together where the experiment offers
+``run_group`` (one at a time after any error of the group).
 """
 
 from __future__ import annotations

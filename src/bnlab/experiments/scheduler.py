@@ -7,7 +7,9 @@ bar. With ``jobs > 1`` the runs go to ``jobs`` worker processes (``spawn``), lon
 each run trains on its config's ``num_threads`` (fixed per experiment and recorded in
 ``config.json``), so the sum over running runs never exceeds the machine's cores and a
 run's numbers never depend on ``jobs``. Oversubscribed OpenMP threads make batch-norm
-steps several times slower; this is what the thread budget prevents.
+steps several times slower; this is what the thread budget prevents. The seeds of a
+variant whose experiment offers ``run_group`` are one task (trained together as one
+stacked model, :func:`bnlab.experiments.runner.run_group`) on one run's threads.
 
 Either way: one line per finished run with its time, and an overall bar with the runs done,
 the elapsed time and an estimate of the time left. A failed run is recorded
