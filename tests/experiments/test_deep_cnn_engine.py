@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bnlab.experiments import (
 )
 from bnlab.experiments.base import apply_overrides
 from bnlab.train import Checkpoint, Hook, RunConflictError, Trainer
+from bnlab.train.memory import MALLOC_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ def test_runs_every_variant_and_seed_then_skips(tmp_path: Path) -> None:
     assert result["status"] == "complete" and result["sessions"] == 1
     config = json.loads((tmp_path / "toy" / "b" / "seed-0" / "config.json").read_text())
     assert config["config"] == {"seed": 0, "steps": 6, "lr": 0.2, "name": "x", "flag": False}
+    if sys.platform.startswith("linux"):  # runs train with glibc keeping freed memory
+        env = json.loads((tmp_path / "toy" / "a" / "seed-0" / "env.json").read_text())
+        assert env["malloc_settings"] == MALLOC_SETTINGS
     again = run_experiment(spec, out_dir=tmp_path, seeds=2, variants=["b"], log=_quiet)
     assert [o.status for o in again] == ["skipped", "skipped"]
     assert again[0].metrics == outcomes[2].metrics

@@ -36,6 +36,7 @@ from bnlab.train.env import capture_environment, process_git_revision
 from bnlab.train.errors import CheckpointError, RunConflictError, RunFilesError
 from bnlab.train.io import write_json_atomic
 from bnlab.train.lock import RunLockedError, run_lock
+from bnlab.train.memory import keep_freed_memory
 from bnlab.train.progress import progress_enabled
 from bnlab.train.rundir import RunDir
 from bnlab.train.timing import TimeLedger, recording
@@ -306,6 +307,9 @@ def _prepare(
     """Under the run's lock: refuse a conflicting directory, skip a finished run (its
     outcome returned), or make the directory ready to train or resume (records written,
     metrics log cut back to the last checkpoint)."""
+    # Process-wide, once, before env.json records it: glibc keeps freed memory for reuse,
+    # so a step's fresh activations do not page-fault (train/memory.py).
+    keep_freed_memory()
     variant, seed, quick = resolved["variant"], resolved["seed"], resolved["quick"]
     t0 = time.perf_counter()
     if run.config_path.is_file() and restart:
@@ -380,7 +384,8 @@ def _clean(run: RunDir, log: Log) -> None:
 def _training(spec: ExperimentSpec[Any, Any], config: Any) -> Iterator[TimeLedger]:
     """The settings a run trains under: denormals, the config's ``num_threads`` (the
     experiments that set one, recorded with the config; the rest run on the process's
-    count), and an open time ledger (``train/timing.py``)."""
+    count), and an open time ledger (``train/timing.py``). Glibc's allocator settings
+    (``train/memory.py``) are process-wide and set by :func:`_prepare`."""
     with (
         numerics(spec.flush_denormal),
         threads(getattr(config, "num_threads", None)),
