@@ -182,36 +182,3 @@ def test_full_size_on_real_mnist(tmp_path: Path) -> None:
         <= 0.01
     )
     assert dataclasses.asdict(SPEC.config_for("bn", 0))["num_batches"] == 800
-
-
-@pytest.mark.parametrize("variant", ["bn", "bias-bn-relu", "relu-bn"])
-def test_fusing_bn_relu_is_a_speed_setting_only(variant: str) -> None:
-    """``fuse_bn_relu`` changes the modules, not the parameters, buffers or any number."""
-    from bnlab.experiments.deep_cnn import make_optimizer
-    from bnlab.norm import BatchNormReLU2d
-
-    base = dataclasses.replace(SPEC.variants[variant].config, num_conv_layers=4, fuse_bn_relu=False)
-    models, optimizers = [], []
-    for fuse in (False, True):
-        torch.manual_seed(0)
-        model = build_model(dataclasses.replace(base, fuse_bn_relu=fuse))
-        models.append(model)
-        optimizers.append(make_optimizer(model, base))
-    fused_layers = [m for m in models[1].modules() if isinstance(m, BatchNormReLU2d)]
-    # Only BN directly followed by ReLU fuses: the relu-bn placement has no such pair.
-    assert (len(fused_layers) > 0) == (variant != "relu-bn")
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        # batch 64: the first layers' batch norms are large enough for the fused kernel
-        x, y = torch.rand(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-        losses = []
-        for model, optimizer in zip(models, optimizers, strict=True):
-            optimizer.zero_grad()
-            loss = sigmoid_cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        assert losses[0] == losses[1]
-    plain, fused = (m.state_dict() for m in models)
-    assert list(plain) == list(fused)
-    assert all(torch.equal(plain[k], fused[k]) for k in plain)

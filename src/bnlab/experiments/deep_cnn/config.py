@@ -48,8 +48,6 @@ class DeepCNNConfig:
     # -- engine (speed only: the same model and update rule; docs/performance.md) --
     channels_last: bool = True  # NHWC weights and activations: oneDNN's faster conv layout
     fused_adam: bool = True  # torch.optim.Adam(fused=True): one kernel for all parameters
-    fuse_bn_relu: bool = True  # (BN, ReLU) pairs as BatchNormReLU2d: one pass each way,
-    # bitwise the same numbers (tests/experiments/test_deep_cnn.py)
     num_threads: int = 1  # intra-op threads, fixed so that a run's numbers never depend on
     # how many runs share the machine (bnlab reproduce --jobs)
     checkpoint_every: int = 100  # steps between checkpoints (resume point)

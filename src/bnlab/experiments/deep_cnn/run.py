@@ -15,7 +15,6 @@ from bnlab.data import TrainBatches
 from bnlab.experiments.base import RunContext
 from bnlab.experiments.deep_cnn.config import DeepCNNConfig
 from bnlab.models.deep_cnn import DeepCNN
-from bnlab.norm.tools.fuse import fuse_bn_relu
 from bnlab.train import Hook, HookContext, Trainer, evaluate, every
 from bnlab.train import distributed as data_parallel
 from bnlab.train.evaluate import predict, predict_one_at_a_time
@@ -24,11 +23,9 @@ __all__ = ["build_model", "make_optimizer", "run", "sigmoid_cross_entropy"]
 
 
 def build_model(config: DeepCNNConfig, image_size: int = 28) -> torch.nn.Module:
-    """The network of ``config`` (initialized from the current torch RNG state), with each
-    (BN, ReLU) pair fused into one ``BatchNormReLU2d`` when ``config.fuse_bn_relu`` (same
-    parameters, buffers and numbers), in the channels-last memory format when
-    ``config.channels_last`` (its inputs need no change: a one-channel NCHW image batch is
-    already channels-last)."""
+    """The network of ``config`` (initialized from the current torch RNG state), in the
+    channels-last memory format when ``config.channels_last`` (its inputs need no change:
+    a one-channel NCHW image batch is already channels-last)."""
     model = DeepCNN(
         num_conv_layers=config.num_conv_layers,
         filters_per_depth=config.filters_per_depth,
@@ -42,8 +39,6 @@ def build_model(config: DeepCNNConfig, image_size: int = 28) -> torch.nn.Module:
         conv_init=config.conv_init,
         conv_init_std=config.conv_init_std,
     )
-    if config.fuse_bn_relu:
-        model = fuse_bn_relu(model)
     if not config.channels_last:
         return model
     # Module.to takes memory_format at run time; torch's stubs leave it out of the overloads.
