@@ -6,13 +6,13 @@ pages and gives them back on ``free``, and trims the heap top above its trim thr
 every step touches new pages: each first touch is a page fault and a page zeroed by the
 kernel. The deep CNN took 1,000-1,400 minor page faults per step (64 x 8 x 28 x 28
 activations are 1.6 MB each) and the sigmoid MLP's test-set pass 2,900; with the settings
-below, none. What that buys in time depends on the machine: about 14% of a deep-CNN step
-on this project's VM while another process ran on the other core, within the noise on a
-quiet one (``docs/performance.md``, "Session 6"). PyTorch's CPU tuning guide recommends
-jemalloc or tcmalloc for this; the three ``mallopt`` settings below give the same effect
-with glibc alone: blocks up to 128 MiB come from the heap, freed memory stays in the heap
-up to 512 MiB, and the heap grows 64 MiB at a time. Numbers do not change, only where memory
-comes from.
+below, none. What that buys in time depends on the machine: about 14% of a deep-CNN
+step on this project's VM while another process ran on the other core, within the noise
+on a quiet one (``docs/performance.md``, "The main job (session 6)"). PyTorch's CPU
+tuning guide recommends jemalloc or tcmalloc for this; the three ``mallopt`` settings
+below give the same effect with glibc alone: blocks up to 128 MiB come from the heap,
+freed memory stays in the heap up to 512 MiB, and the heap grows 64 MiB at a time.
+Numbers do not change, only where memory comes from.
 """
 
 from __future__ import annotations
