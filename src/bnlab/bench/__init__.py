@@ -3,8 +3,8 @@
 ``shapes`` (what is timed), ``timing`` (interleaved medians), ``roofline`` (the bandwidth
 floor), ``suite`` (the backend matrix and its table), ``nets`` (deep-CNN training step and
 ``fold_bn`` latency), ``compiled`` (eager vs ``torch.compile``), ``engine`` (the experiment
-engine against a plain PyTorch loop, batched seeds; imported on use, it loads the
-experiments), ``report`` (the whole ``bnlab bench`` run and its JSON).
+engine's runs and group runs against plain PyTorch loops, batched seeds; imported on use,
+it loads the experiments), ``report`` (the whole ``bnlab bench`` run and its JSON).
 """
 
 from __future__ import annotations

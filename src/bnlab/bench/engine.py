@@ -1,18 +1,23 @@
-"""The engine against a plain PyTorch loop: one run of an experiment, timed both ways.
+"""The engine against a plain PyTorch loop: runs of an experiment, timed both ways.
 
-*Engine* is what ``bnlab run`` does for one (variant, seed): :func:`runner.run_one` into a
-fresh run directory, with everything that comes with it (config, environment and data
-records, the metrics log, checkpoints, the experiment's measurements, and the config's
-engine settings: channels-last model and fused Adam for deep-cnn, its thread count).
-*Plain loop* is what one writes by hand for the same run: the same model builder in the
-default memory format, plain ``torch.optim.Adam``/``SGD``, the same loss, batches, steps
-and measurements at the same steps, no files. Both run on the config's thread count with
+*Engine* is what ``bnlab run`` does: for one (variant, seed) :func:`runner.run_one` into a
+fresh run directory, or, for a group row, :func:`runner.run_group` of K seeds (how
+``bnlab run``/``reproduce`` train sigmoid-mlp's seeds by default: one stacked model, each
+run's files those of its single run), with everything that comes with it (config,
+environment and data records, the metrics logs, checkpoints, the experiment's
+measurements, and the config's engine settings: channels-last model and fused Adam for
+deep-cnn, its thread count). *Plain loop* is what one writes by hand for the same run: the
+same model builder in the default memory format, plain ``torch.optim.Adam``/``SGD``, the
+same loss, batches, steps and measurements at the same steps, no files; for a group row
+the K seeds' plain loops one after another. Both run on the config's thread count with
 denormals flushed (the runner flushes them for these experiments). The two alternate over
 several repeats; the ratio is engine/plain of the median wall times.
 
-Also :func:`batched_seeds`: K sigmoid MLPs trained as separate models or as one batched
-model (``torch.func.vmap`` over stacked parameters, or stacked weights through
-``torch.baddbmm``), per model-step on one thread.
+Also :func:`batched_seeds`: K sigmoid MLPs trained as separate models or stacked inexactly
+(``torch.func.vmap`` over stacked parameters, or stacked weights through
+``torch.baddbmm`` with one loss over the stack), per model-step on one thread: the most
+stacking could save, against which the group rows show what the engine's exact group run
+saves.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from torch import Tensor, nn
 from bnlab.bench.machine import measure_quietly
 from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.data import TrainBatches, write_fake_mnist
+from bnlab.errors import BnlabError
 from bnlab.experiments import deep_cnn, runner, sigmoid_mlp
 from bnlab.experiments.base import ExperimentSpec
 from bnlab.experiments.registry import get_experiment
-from bnlab.experiments.runner import data_provenance, run_one
+from bnlab.experiments.runner import RunOutcome, data_provenance, run_one
 from bnlab.train.env import process_git_revision
 from bnlab.train.evaluate import evaluate, predict_one_at_a_time
 from bnlab.train.rundir import RunDir
@@ -46,6 +52,7 @@ from bnlab.train.rundir import RunDir
 __all__ = [
     "ENGINE_CASES",
     "ENGINE_EXPERIMENTS",
+    "GROUP_SEEDS",
     "QUICK_ENGINE_CASES",
     "EngineCase",
     "EngineRow",
@@ -63,29 +70,62 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EngineCase:
-    """One row: an experiment's variant at a shortened length (``overrides``, as ``--set``)."""
+    """One row: an experiment's variant at a shortened length (``overrides``, as ``--set``).
+
+    With ``group == 1`` the row is one run of ``seed``: the engine's :func:`runner.run_one`
+    against one plain loop. With ``group = K >= 2`` it is the seeds ``seed .. seed+K-1``
+    (:attr:`seeds`) trained as ``bnlab run`` trains them by default: the engine's one
+    :func:`runner.run_group` call against the K seeds' plain loops one after another
+    (:meth:`members`). Only experiments that offer ``run_group`` take a group row.
+
+    Raises:
+        ValueError: ``group < 1``.
+    """
 
     experiment: str  # "deep-cnn" or "sigmoid-mlp" (the experiments with a plain loop here)
     variant: str
     overrides: Mapping[str, str] = field(default_factory=dict)
-    seed: int = 0
+    seed: int = 0  # the (first) seed
+    group: int = 1  # seeds in the row; >= 2: trained as one group run by the engine
+
+    def __post_init__(self) -> None:
+        if self.group < 1:
+            raise ValueError(f"group must be >= 1 (the number of seeds); got {self.group}")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The row's seeds, in order: ``(seed,)``, or a group's ``seed .. seed+group-1``."""
+        return tuple(range(self.seed, self.seed + self.group))
+
+    def members(self) -> tuple[EngineCase, ...]:
+        """One single-run case per seed (a group row's plain side runs each in turn)."""
+        return tuple(dataclasses.replace(self, seed=s, group=1) for s in self.seeds)
 
     @property
     def label(self) -> str:
-        return f"{self.experiment}/{self.variant}"
+        """``experiment/variant``, with `` xK (group)`` for a group row."""
+        base = f"{self.experiment}/{self.variant}"
+        return base if self.group == 1 else f"{base} x{self.group} (group)"
 
 
 #: The experiments the engine rows read data for (the batched-seed row: sigmoid-mlp's).
 ENGINE_EXPERIMENTS: tuple[str, ...] = ("deep-cnn", "sigmoid-mlp")
 
+#: The seeds a group row trains together: ``bnlab run``'s default three for sigmoid-mlp.
+GROUP_SEEDS = 3
+
 #: The rows of ``bnlab bench --engine``: each run shortened, its own evaluation schedule
 #: kept (deep-cnn: validation every 100 batches, the training batch every 25; sigmoid-mlp:
 #: the test set with batch statistics every 50 steps), checkpoints and logs as configured.
+#: sigmoid-mlp has both kinds of row: one run (what each run costs, as with ``--no-group``
+#: or torchrun) and the group of seeds 0-2 (what ``bnlab run`` does by default).
 ENGINE_CASES: tuple[EngineCase, ...] = (
     EngineCase("deep-cnn", "bn", {"num_batches": "200"}),
     EngineCase("deep-cnn", "no-bn", {"num_batches": "200"}),
     EngineCase("sigmoid-mlp", "no-bn", {"num_steps": "4000"}),
     EngineCase("sigmoid-mlp", "bn", {"num_steps": "4000"}),
+    EngineCase("sigmoid-mlp", "no-bn", {"num_steps": "4000"}, group=GROUP_SEEDS),
+    EngineCase("sigmoid-mlp", "bn", {"num_steps": "4000"}, group=GROUP_SEEDS),
 )
 
 _QUICK_CNN = {
@@ -111,6 +151,8 @@ QUICK_ENGINE_CASES: tuple[EngineCase, ...] = (
     EngineCase("deep-cnn", "no-bn", _QUICK_CNN),
     EngineCase("sigmoid-mlp", "no-bn", _QUICK_MLP),
     EngineCase("sigmoid-mlp", "bn", _QUICK_MLP),
+    EngineCase("sigmoid-mlp", "no-bn", _QUICK_MLP, group=GROUP_SEEDS),
+    EngineCase("sigmoid-mlp", "bn", _QUICK_MLP, group=GROUP_SEEDS),
 )
 
 
@@ -255,12 +297,19 @@ def _plain_for(case: EngineCase) -> _Plain:
 
 
 def plain_run(case: EngineCase, data: Any) -> PlainRun:
-    """Run ``case`` as a plain loop, on the config's threads with denormals flushed.
+    """Run ``case`` (one seed) as a plain loop, on the config's threads with denormals
+    flushed.
 
     Raises:
-        ValueError: an experiment or variant without a plain loop here.
+        ValueError: a group case (its plain side is the plain run of each of
+            :meth:`EngineCase.members`), or an experiment or variant without a plain loop
+            here.
         UnknownNameError, ConfigError: an unknown variant or a bad override.
     """
+    if case.group != 1:
+        raise ValueError(
+            f"plain_run runs one seed; {case.label} has {case.group} (run each of its members())"
+        )
     plain = _plain_for(case)
     spec = get_experiment(case.experiment)
     config = spec.config_for(case.variant, case.seed, overrides=case.overrides)
@@ -268,28 +317,99 @@ def plain_run(case: EngineCase, data: Any) -> PlainRun:
         return plain.loop(config, data)
 
 
-# -- the engine ---------------------------------------------------------------------------
-def _engine_run(
-    case: EngineCase, data: Any, out_dir: Path
-) -> tuple[float, dict[str, float], list[float]]:
-    """``run_one`` of ``case`` into ``out_dir``: (wall s, final metrics, per-step losses)."""
-    spec = get_experiment(case.experiment)
+@dataclass(frozen=True)
+class _Timed:
+    """One timed pass of one side of a row, over the row's seeds (in order)."""
+
+    wall_s: float  # the whole pass: one run, a group run, or K plain loops in turn
+    train_s: float  # the training loops' time, summed over the seeds
+    losses: list[list[float]]  # per seed: the per-step training losses
+    metrics: list[dict[str, float]]  # per seed: the final metrics
+
+
+def _plain_pass(case: EngineCase, data: Any) -> _Timed:
+    """The plain loop of each of the row's seeds, one after another, timed as one."""
+    gc.collect()
     t0 = time.perf_counter()
-    outcome = run_one(
-        spec,
-        case.variant,
-        case.seed,
-        data,
-        out_dir=out_dir,
-        overrides=case.overrides,
-        log=lambda _message: None,
-    )
+    runs = [plain_run(member, data) for member in case.members()]
     wall = time.perf_counter() - t0
-    records = RunDir(outcome.path).read_metrics()
+    return _Timed(
+        wall, sum(r.train_s for r in runs), [r.losses for r in runs], [r.metrics for r in runs]
+    )
+
+
+# -- the engine ---------------------------------------------------------------------------
+def _engine_run(case: EngineCase, data: Any, out_dir: Path) -> _Timed:
+    """The engine's pass of ``case`` into ``out_dir``: ``run_one`` of its seed, or one
+    ``runner.run_group`` of a group row's seeds.
+
+    Raises:
+        BnlabError: the group did not train as one group (``run_group`` fell back to
+            training its runs one at a time; the message quotes its log).
+    """
+    spec = get_experiment(case.experiment)
+    messages: list[str] = []
+    gc.collect()
+    t0 = time.perf_counter()
+    if case.group == 1:
+        outcomes = [
+            run_one(
+                spec,
+                case.variant,
+                case.seed,
+                data,
+                out_dir=out_dir,
+                overrides=case.overrides,
+                log=lambda _message: None,
+            )
+        ]
+    else:
+        outcomes = runner.run_group(
+            spec,
+            case.variant,
+            case.seeds,
+            data,
+            out_dir=out_dir,
+            overrides=case.overrides,
+            log=messages.append,
+        )
+    wall = time.perf_counter() - t0
+    if case.group > 1:
+        _check_grouped(case, outcomes, messages)
+    metrics = [outcome.metrics for outcome in outcomes]
+    return _Timed(
+        wall,
+        sum(m.get("train_time_s", float("nan")) for m in metrics),
+        [_train_losses(outcome.path) for outcome in outcomes],
+        metrics,
+    )
+
+
+def _train_losses(path: Path) -> list[float]:
+    """A run directory's per-step training losses, in step order (its metrics log)."""
+    records = RunDir(path).read_metrics()
     train = sorted(
         (r["step"], r["loss"]) for r in records if r["tag"] == "train" and r["phase"] == "train"
     )
-    return wall, outcome.metrics, [loss for _, loss in train]
+    return [loss for _, loss in train]
+
+
+def _check_grouped(case: EngineCase, outcomes: Sequence[RunOutcome], messages: list[str]) -> None:
+    """Refuse a group row whose runs did not train as one group.
+
+    The observable is the runner's time charge: the runs of a group each get the same
+    share of its wall time (``wall_time_s``, as in ``result.json``); runs trained one at a
+    time each get their own. ``run_group`` falls back to that after any error of the group.
+    """
+    shares = {outcome.wall_time_s for outcome in outcomes}
+    statuses = {outcome.status for outcome in outcomes}
+    if len(outcomes) != case.group or statuses != {"done"} or len(shares) != 1:
+        said = "; ".join(messages) or "no message"
+        raise BnlabError(
+            f"{case.label}: the engine did not train seeds {list(case.seeds)} as one group "
+            f"(statuses {sorted(statuses)}, {len(shares)} distinct wall-time shares; "
+            f"run_group said: {said})"
+        )
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -304,20 +424,25 @@ def _spread(times: Sequence[float]) -> dict[str, Any]:
 
 @dataclass
 class EngineRow:
-    """One case timed both ways: wall seconds per repeat, in the order they ran."""
+    """One case timed both ways: wall seconds per repeat, in the order they ran.
+
+    A group row's times are of the whole pass (the K seeds' group run, the K plain loops);
+    its losses and metrics are per seed, in :attr:`EngineCase.seeds` order (one entry for
+    a single-run row), from the last repeat of each side.
+    """
 
     case: EngineCase
-    steps: int
+    steps: int  # optimizer steps per run
     num_threads: int | None
     engine_settings: dict[str, Any]
-    engine: list[float]  # whole run (run_one) per repeat
-    plain: list[float]  # whole plain run per repeat
-    engine_train: list[float]  # the trainer's time (train_time_s): loop + in-loop measurements
+    engine: list[float]  # whole pass (run_one, or run_group of the seeds) per repeat
+    plain: list[float]  # whole plain pass (the seeds' plain loops in turn) per repeat
+    engine_train: list[float]  # the trainers' time (train_time_s, summed over the seeds)
     plain_train: list[float]
-    engine_losses: list[float]
-    plain_losses: list[float]
-    engine_metrics: dict[str, float]
-    plain_metrics: dict[str, float]
+    engine_losses: list[list[float]]  # per seed, per step
+    plain_losses: list[list[float]]
+    engine_metrics: list[dict[str, float]]  # per seed: the final metrics
+    plain_metrics: list[dict[str, float]]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -336,18 +461,32 @@ class EngineRow:
         return statistics.median(e / p for e, p in zip(self.engine, self.plain, strict=True))
 
     def loss_max_abs_diff(self) -> float:
-        """The largest per-step difference of the training losses (engine vs plain)."""
+        """The largest per-step difference of the training losses, engine vs plain, over
+        every seed (each seed's engine run against its own plain loop); NaN when a seed's
+        step counts differ or a side lacks a seed."""
         if len(self.engine_losses) != len(self.plain_losses):
             return float("nan")
-        pairs = zip(self.engine_losses, self.plain_losses, strict=True)
-        return max((abs(a - b) for a, b in pairs), default=0.0)
+        worst = 0.0
+        for engine, plain in zip(self.engine_losses, self.plain_losses, strict=True):
+            if len(engine) != len(plain):
+                return float("nan")
+            pairs = zip(engine, plain, strict=True)
+            worst = max(worst, max((abs(a - b) for a, b in pairs), default=0.0))
+        return worst
 
     def as_dict(self) -> dict[str, Any]:
-        common = sorted(set(self.engine_metrics) & set(self.plain_metrics) - {"train_time_s"})
+        """The row as JSON: ``final_loss`` and ``final_metrics`` are lists, one per seed."""
+        common = [
+            sorted(set(e) & set(p) - {"train_time_s"})
+            for e, p in zip(self.engine_metrics, self.plain_metrics, strict=True)
+        ]
         return {
+            "label": self.case.label,
             "experiment": self.case.experiment,
             "variant": self.case.variant,
             "seed": self.case.seed,
+            "seeds": list(self.case.seeds),
+            "group": self.case.group,
             "overrides": dict(self.case.overrides),
             "steps": self.steps,
             "num_threads": self.num_threads,
@@ -361,11 +500,17 @@ class EngineRow:
             "ratio": self.ratio,
             "paired_ratio": self.paired_ratio,
             "train_ratio": self.train_ratio,
-            "final_loss": {"engine": self.engine_losses[-1], "plain": self.plain_losses[-1]},
+            "final_loss": {
+                "engine": [losses[-1] for losses in self.engine_losses],
+                "plain": [losses[-1] for losses in self.plain_losses],
+            },
             "loss_max_abs_diff": self.loss_max_abs_diff(),
             "final_metrics": {
-                "engine": {k: self.engine_metrics[k] for k in common},
-                "plain": {k: self.plain_metrics[k] for k in common},
+                side: [{k: m[k] for k in keys} for m, keys in zip(metrics, common, strict=True)]
+                for side, metrics in (
+                    ("engine", self.engine_metrics),
+                    ("plain", self.plain_metrics),
+                )
             },
             **self.extra,
         }
@@ -383,65 +528,55 @@ def time_engine_case(
     """Time ``case`` through the engine and as a plain loop, alternating, ``repeats`` times.
 
     Repeat ``r`` runs the engine first when ``r`` is even, the plain loop first when odd,
-    each engine run into a fresh temporary directory (removed after it, outside the
-    timing). With ``warmup``, one untimed run of each at two steps comes first (kernels,
-    oneDNN's primitives for both layouts, the allocator).
+    each engine pass into a fresh temporary directory (removed after it, outside the
+    timing), ``gc.collect()`` before each pass. With ``warmup``, one untimed pass of each at
+    two steps comes first (kernels, oneDNN's primitives for both layouts, the allocator).
+    A group row (``case.group >= 2``) goes through the same protocol: its engine pass is
+    one ``runner.run_group`` of the seeds, its plain pass the seeds' plain loops in turn.
 
     Raises:
-        ValueError: ``repeats < 1``, or a case without a plain loop (:func:`plain_run`).
+        ValueError: ``repeats < 1``, a case without a plain loop (:func:`plain_run`), or a
+            group row of an experiment without ``run_group``.
+        BnlabError: a group row's runs did not train as one group.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats}")
     plain_loop = _plain_for(case)
     spec: ExperimentSpec[Any, Any] = get_experiment(case.experiment)
+    if case.group > 1 and spec.run_group is None:
+        raise ValueError(
+            f"{case.label}: {case.experiment} has no group run (run_group); use group=1"
+        )
     config = spec.config_for(case.variant, case.seed, overrides=case.overrides)
     process_git_revision()  # once per process, as `bnlab run` does before its first run
 
-    def engine_once(c: EngineCase) -> tuple[float, dict[str, float], list[float]]:
+    def engine_once(c: EngineCase) -> _Timed:
         with tempfile.TemporaryDirectory(prefix="bnlab-bench-engine-") as tmp:
-            gc.collect()
             return _engine_run(c, data, Path(tmp))
-
-    def plain_once(c: EngineCase) -> tuple[float, PlainRun]:
-        gc.collect()
-        t0 = time.perf_counter()
-        result = plain_run(c, data)
-        return time.perf_counter() - t0, result
 
     if warmup:
         short = dataclasses.replace(case, overrides={**case.overrides, plain_loop.steps_field: "2"})
         engine_once(short)
-        plain_once(short)
-    engine: list[float] = []
-    plain: list[float] = []
-    engine_train: list[float] = []
-    plain_train: list[float] = []
-    engine_result: tuple[list[float], dict[str, float]] = ([], {})
-    plain_result = PlainRun([], {}, 0.0)
+        _plain_pass(short, data)
+    passes: dict[str, list[_Timed]] = {"engine": [], "plain": []}
     for r in range(repeats):
         for which in ("engine", "plain") if r % 2 == 0 else ("plain", "engine"):
-            if which == "engine":
-                wall, metrics, losses = engine_once(case)
-                engine.append(wall)
-                engine_train.append(metrics.get("train_time_s", float("nan")))
-                engine_result = (losses, metrics)
-            else:
-                wall, plain_result = plain_once(case)
-                plain.append(wall)
-                plain_train.append(plain_result.train_s)
+            timed = engine_once(case) if which == "engine" else _plain_pass(case, data)
+            passes[which].append(timed)
+    engine, plain = passes["engine"], passes["plain"]
     return EngineRow(
         case=case,
         steps=int(getattr(config, plain_loop.steps_field)),
         num_threads=getattr(config, "num_threads", None),
         engine_settings=_engine_settings(config),
-        engine=engine,
-        plain=plain,
-        engine_train=engine_train,
-        plain_train=plain_train,
-        engine_losses=engine_result[0],
-        plain_losses=plain_result.losses,
-        engine_metrics=engine_result[1],
-        plain_metrics=plain_result.metrics,
+        engine=[t.wall_s for t in engine],
+        plain=[t.wall_s for t in plain],
+        engine_train=[t.train_s for t in engine],
+        plain_train=[t.train_s for t in plain],
+        engine_losses=engine[-1].losses,
+        plain_losses=plain[-1].losses,
+        engine_metrics=engine[-1].metrics,
+        plain_metrics=plain[-1].metrics,
     )
 
 
@@ -505,7 +640,8 @@ def engine_benchmark(
     data: Mapping[str, Any] | None = None,
     on_row: Callable[[EngineRow], None] | None = None,
 ) -> dict[str, Any]:
-    """The engine rows and the batched-seed row of ``bnlab bench``, JSON-ready.
+    """The engine rows (single runs and group runs) and the batched-seed row of
+    ``bnlab bench``, JSON-ready.
 
     Args:
         quick: :data:`QUICK_ENGINE_CASES` on a small fake MNIST, 2 rounds of batched seeds.
@@ -549,6 +685,11 @@ def engine_benchmark(
 
 
 # -- batched seeds ------------------------------------------------------------------------
+# What stacking the seeds could save at most: the training step alone, stacked without the
+# engine's exactness (``bmm``: one cross-entropy call over the stack, one sigmoid call per
+# layer; model k's values equal its separate network's only up to rounding). The engine's
+# group run (sigmoid_mlp.run_group) keeps every per-model call that exactness needs; the
+# group rows of the engine table measure it, with everything else a run does.
 class SeedBatch:
     """K sigmoid MLPs (weight seeds ``0..K-1``), each on its own batch, stepped three ways.
 
@@ -556,10 +697,13 @@ class SeedBatch:
     * ``vmap``: one model's code over parameters stacked by ``torch.func.stack_module_state``,
       ``vmap(grad(loss))`` through ``functional_call``, then the SGD update on the stacks;
     * ``bmm``: the weights as ``(K, in, out)`` tensors, each layer one ``torch.baddbmm``,
-      the K summed losses added (each model's gradient is its own) and one SGD.
+      one summed loss over the whole stack (each model's gradient is still its own) and
+      one SGD.
 
     All three start from the same weights and compute the same updates, so their weights
-    stay equal up to float rounding (:meth:`weights`).
+    stay equal up to float rounding (:meth:`weights`), not bit for bit: an upper bound on
+    the saving, not the engine's group run
+    (:class:`~bnlab.models.mlp_stack.StackedSigmoidMLP`, exact per model).
 
     Args:
         config: the seed's MLP; only ``norm="none"`` (BN's batch statistics under vmap
@@ -603,7 +747,7 @@ class SeedBatch:
         self.bmm_optimizer = torch.optim.SGD(self.stacked, lr=self.lr)
 
     def step_single(self) -> None:
-        """One step of seed 0's model alone: what each of the engine's runs trains."""
+        """One step of seed 0's model alone: what a single run (``--no-group``) trains."""
         loss = sigmoid_mlp.summed_cross_entropy(self.models[0](self.images[0]), self.labels[0])
         self.optimizers[0].zero_grad(set_to_none=True)
         loss.backward()
@@ -672,7 +816,10 @@ def batched_seeds(
     """Per model-step time of K sigmoid MLPs trained separately, under vmap, and by bmm.
 
     One thread, denormals flushed (as the runner runs sigmoid-mlp), the seed's batch of
-    60; the three candidates in interleaved rounds (:func:`~bnlab.bench.timing.interleaved`).
+    60; the candidates (and one model alone) in interleaved rounds
+    (:func:`~bnlab.bench.timing.interleaved`). ``bmm``/``single`` is the most that
+    stacking the seeds' training step could save per model (:class:`SeedBatch`); the
+    engine's exact group run is measured by the group rows (:data:`ENGINE_CASES`).
 
     Returns:
         ``{"k", "batch", "num_threads", "times": {way: per model-step Timing dict},
@@ -720,37 +867,41 @@ def batched_seeds(
     }
 
 
-# -- the table ----------------------------------------------------------------------------
+# -- the table ---------------------------------------------------------------------------
 def format_engine(engine: Mapping[str, Any]) -> str:
     """The engine rows (:meth:`EngineRow.as_dict`) and the batched-seed row as text."""
     head = (
-        f"{'experiment/variant':22s} {'steps':>6s} {'engine s':>9s} {'plain s':>9s} "
+        f"{'row':30s} {'steps':>6s} {'engine s':>9s} {'plain s':>9s} "
         f"{'engine/plain':>12s} {'train e/p':>9s} {'loss diff':>9s}"
     )
     lines = [
-        f"engine (bnlab run, one run) vs a plain PyTorch loop, median of "
+        "engine (bnlab run: one run, or one group run of a row's K seeds) vs plain PyTorch "
+        f"loops (the K in turn), median of "
         f"{engine['rows'][0]['repeats'] if engine['rows'] else 0} alternating repeats:",
         head,
         "-" * len(head),
     ]
     for row in engine["rows"]:
         lines.append(
-            f"{row['experiment'] + '/' + row['variant']:22s} {row['steps']:6d} "
+            f"{row['label']:30s} {row['steps']:6d} "
             f"{row['engine']['median_s']:9.2f} {row['plain']['median_s']:9.2f} "
             f"{row['ratio']:12.3f} {row['train_ratio']:9.3f} {row['loss_max_abs_diff']:9.1e}"
         )
     lines.append(
-        "wall s per run (median); engine/plain < 1: the engine is faster; train e/p: the "
-        "training loop alone;\nloss diff: the largest per-step |engine - plain| training "
-        "loss; threads as configured, denormals flushed on both sides"
+        "wall s per pass (median): one run, or all K seeds of a group row; steps: per run; "
+        "engine/plain < 1: the engine is faster;\ntrain e/p: the training loops alone; "
+        "loss diff: the largest per-step |engine - plain| training loss, over a row's "
+        "seeds;\nthreads as configured, denormals flushed on both sides"
     )
     seeds = engine.get("batched_seeds")
     if seeds:
         ms = {name: t["median_s"] * 1e3 for name, t in seeds["times"].items()}
         lines.append(
-            f"batched seeds (sigmoid MLP, K={seeds['k']}, {seeds['num_threads']} thread), ms per "
-            f"model-step: one model alone {ms.get('single', float('nan')):.3f}, "
-            f"K models in turn {ms['separate']:.3f}, vmap {ms['vmap']:.3f}, bmm {ms['bmm']:.3f}; "
+            f"batched seeds, the most stacking could save (sigmoid MLP, K={seeds['k']}, "
+            f"{seeds['num_threads']} thread, the step alone, not exact per model; the "
+            f"engine's exact group run: the group rows), ms per model-step: one model alone "
+            f"{ms.get('single', float('nan')):.3f}, K models in turn {ms['separate']:.3f}, "
+            f"vmap {ms['vmap']:.3f}, bmm {ms['bmm']:.3f}; "
             + ", ".join(f"{name} {value:.2f}x" for name, value in seeds["ratios"].items())
         )
     return "\n".join(lines)

@@ -78,8 +78,11 @@ def check_claims(
     * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN;
     * compiled: bnlab faster than compiled torch BN on the large layers, and bnlab (eager
       and compiled) nowhere slower than torch by more than max(5%, 3 us) per call;
-    * engine (issue 15): never slower than a plain loop of the same run, and batching
-      sigmoid-MLP seeds saves under 5% per model-step (why the engine does not batch them).
+    * engine (issue 15): never slower than plain loops of the same runs, on every row
+      (single runs, and group runs of K seeds against the K plain loops in turn); and
+      stacking sigmoid-MLP seeds could save at least 5% per model-step against one model
+      alone (the premise of the engine's group run, judged on the inexact stacks of
+      :func:`bnlab.bench.engine.batched_seeds`, the most it could save).
 
     Case ratios use each case's own statistic; the network ratios use ``stat``; the engine
     rows their ratio of medians (``engine`` is :func:`bnlab.bench.engine.engine_benchmark`'s
@@ -140,7 +143,8 @@ def check_claims(
 
 
 def _engine_claims(engine: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The engine rows' claim (worst engine/plain ratio) and the batched-seed claim."""
+    """The engine rows' claim (worst engine/plain ratio over every row, group rows
+    included) and the batched-seed claim (the best stacking against one model alone)."""
     if not engine:
         return []
     claims: list[dict[str, Any]] = []
@@ -151,23 +155,26 @@ def _engine_claims(engine: Mapping[str, Any] | None) -> list[dict[str, Any]]:
             {
                 "claim": "the engine is never slower than the plain loop",
                 "measured": round(worst["ratio"], 3),
-                "worst_case": f"{worst['experiment']}/{worst['variant']}",
+                "worst_case": worst["label"],
                 "holds": worst["ratio"] <= 1.0,
             }
         )
     seeds = engine.get("batched_seeds")
     if seeds:
-        # Against one model alone where measured: each of the engine's runs trains one
-        # model in its own process, side by side with the others.
+        # Against one model alone where measured (what a single run trains). The engine
+        # groups sigmoid-mlp's seeds because stacking pays; where even the inexact stacks
+        # measured here save under 5%, its exact group run cannot save more and the
+        # grouping should be revisited. What the group run itself saves: its engine rows.
         ratios = {w: r for w, r in seeds["ratios"].items() if w.endswith("/single")}
         way, best = min((ratios or seeds["ratios"]).items(), key=lambda item: item[1])
         claims.append(
             {
-                "claim": f"batching {seeds['k']} sigmoid-MLP seeds saves under 5% per "
-                "model-step against one model alone (the engine does not batch seeds)",
+                "claim": f"stacking {seeds['k']} sigmoid-MLP seeds could save at least 5% "
+                "per model-step against one model alone (the premise of the engine's group "
+                "run; inexact stacks, the most it could save)",
                 "measured": round(best, 3),
-                "worst_case": way,
-                "holds": best >= 0.95,
+                "best_case": way,
+                "holds": best <= 0.95,
             }
         )
     return claims
@@ -332,6 +339,8 @@ def format_claims(claims: Sequence[dict[str, Any]]) -> str:
     for c in claims:
         verdict = "HOLDS" if c["holds"] else "FAILS"
         details = [f"worst: {c['worst_case']}"] if "worst_case" in c else []
+        if "best_case" in c:  # a claim that one case suffices for: the one that decides
+            details.append(f"best: {c['best_case']}")
         if "worst_gap_us" in c:
             details.append(f"{c['worst_gap_us']:+.1f} us per call")
         where = f" ({', '.join(details)})" if details else ""

@@ -108,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="time the engine (one `bnlab run` run: deep-cnn bn, no-bn; sigmoid-mlp no-bn, "
-        "bn) against a plain PyTorch loop of the same run, and batched sigmoid-MLP seeds; "
+        "bn; and sigmoid-mlp no-bn, bn seeds 0-2 as one group run, as `bnlab run` trains "
+        "them) against plain PyTorch loops of the same runs (a group's one after another), "
+        "and the most stacking sigmoid-MLP seeds could save (batched seeds); "
         "default: on, off with --quick (then on a fake MNIST with tiny runs)",
     )
     parser.add_argument(
