@@ -128,3 +128,21 @@ def test_report_command_writes_the_summary(tmp_path: Path) -> None:
     assert (
         "| deep-cnn | no BN: about 10% test accuracy (< 15%) |" in (repo / "README.md").read_text()
     )
+
+
+def test_thread_counts_are_what_the_runs_trained_on(tmp_path: Path) -> None:
+    """env.json holds the process's thread count when a run started; result.json the
+    count it trained on (its config's num_threads). The summary reports the latter."""
+    runs = tmp_path / "runs"
+    _write_run(runs, "no-bn", 0, 0.1)  # env 1 thread, result without torch_threads (older)
+    for seed in (1, 2):
+        _write_run(runs, "no-bn", seed, 0.1)
+        run = RunDir(runs / "deep-cnn" / "no-bn" / f"seed-{seed}")
+        env = json.loads(run.env_path.read_text())
+        run.write_json("env.json", {**env, "torch_threads": 2})
+        run.write_result({"test_accuracy": 0.1}, wall_time_s=1.0, torch_threads=3)
+    summary = build_summary(runs, {"deep-cnn": _Spec()})
+    assert summary["provenance"]["environments"] == {
+        "bnlab 0.1.0, torch 2.x, 1 torch thread(s)": 1,
+        "bnlab 0.1.0, torch 2.x, 3 torch thread(s)": 2,
+    }

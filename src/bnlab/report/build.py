@@ -285,7 +285,7 @@ def _environment_section(all_results: Mapping[str, ExperimentResults]) -> Sectio
                 str(env.get("bnlab", "?")),
                 str(env.get("torch", "?")),
                 str(env.get("python", "?")),
-                str(env.get("torch_threads", "?")),
+                str(run.torch_threads),
                 str(env.get("cpu_count", "?")),
                 str(env.get("platform", "?")),
                 str((git or {}).get("revision") or "–")[:10],
@@ -295,7 +295,8 @@ def _environment_section(all_results: Mapping[str, ExperimentResults]) -> Sectio
         return None
     rows = tuple((*key, str(count)) for key, count in sorted(seen.items()))
     columns = ("bnlab", "torch", "python", "torch threads", "CPUs", "platform", "git", "runs")
-    return Section("Environment", [Table(columns, rows, "Where the runs ran (from env.json)")])
+    caption = "Where the runs ran (env.json; torch threads: what each run trained on, result.json)"
+    return Section("Environment", [Table(columns, rows, caption)])
 
 
 def build_document(

@@ -71,6 +71,15 @@ class RunRecord:
             return "complete"
         return "failed" if self.failure is not None else "incomplete"
 
+    @property
+    def torch_threads(self) -> Any:
+        """The torch threads the run trained on: ``result.json``'s ``torch_threads`` (set by
+        the runner from the config's ``num_threads``), else ``env.json``'s (the process's
+        count when the run started, which older runs record only), else ``"?"``."""
+        if self.result is not None and "torch_threads" in self.result:
+            return self.result["torch_threads"]
+        return self.env.get("torch_threads", "?")
+
     def _read_log(self) -> list[Record]:
         if self._log is None:
             try:

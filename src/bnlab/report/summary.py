@@ -69,7 +69,7 @@ def _provenance(runs_dir: Path) -> dict[str, Any]:
             revisions[revision] = revisions.get(revision, 0) + 1
             version = (
                 f"bnlab {run.env.get('bnlab', '?')}, torch {run.env.get('torch', '?')}, "
-                f"{run.env.get('torch_threads', '?')} torch thread(s)"
+                f"{run.torch_threads} torch thread(s)"
             )
             versions[version] = versions.get(version, 0) + 1
     return {
