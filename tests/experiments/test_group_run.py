@@ -14,6 +14,7 @@ import torch
 from bnlab.data import write_fake_mnist
 from bnlab.experiments import get_experiment
 from bnlab.experiments.scheduler import RunSettings, plan, run_all
+from bnlab.train import FitResult, Trainer
 from bnlab.train.group import GroupTrainer
 
 VARIANTS = ["no-bn", "bn", "bn-population"]
@@ -107,9 +108,13 @@ def test_a_seeds_result_does_not_depend_on_its_group(
         _assert_same(a, b)
 
 
-def _interrupt_after(monkeypatch: pytest.MonkeyPatch, stop_at: int) -> None:
-    """Make a group that starts from scratch raise KeyboardInterrupt at its step
-    ``stop_at`` (after the step-60 checkpoint of the quick config)."""
+def _interrupt_after(
+    monkeypatch: pytest.MonkeyPatch,
+    stop_at: int,
+    error: type[BaseException] = KeyboardInterrupt,
+) -> None:
+    """Make a group that starts from scratch raise ``error`` at its step ``stop_at``
+    (after the step-60 checkpoint of the quick config)."""
     original = GroupTrainer.__init__
 
     def init(self: GroupTrainer, members: Any, step: Any, **kw: Any) -> None:
@@ -118,7 +123,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, stop_at: int) -> None:
         def counting(xs: Any, ys: Any) -> Any:
             count[0] += 1
             if count[0] > stop_at:
-                raise KeyboardInterrupt
+                raise error("the group broke")
             return step(xs, ys)
 
         original(self, members, counting, **kw)
@@ -156,4 +161,33 @@ def test_an_interrupted_group_resumes_together_or_alone(
     for a, b in zip(
         _runs(single, "no-bn", [0, 1]), _runs(tmp_path / "again", "no-bn", [0, 1]), strict=True
     ):
+        _assert_same(a, b)
+
+
+def test_a_group_that_fails_trains_its_runs_alone_from_their_checkpoints(
+    single: Path, mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error of the group (a NaN loss in one seed, say) is not a failed run: the
+    runner trains each run on its own from its last checkpoint, and the files end as the
+    single runs'."""
+    lines: list[str] = []
+    fits: list[FitResult] = []
+    fit = Trainer.fit
+
+    def recording_fit(self: Trainer) -> FitResult:
+        fits.append(fit(self))
+        return fits[-1]
+
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 70, RuntimeError)
+        patch.setattr(Trainer, "fit", recording_fit)
+        outcomes = _train(
+            tmp_path, mnist_dir, [0, 1, 2], group=True, variants=["bn"], log=lines.append
+        )
+    assert [o.status for o in outcomes] == ["done", "done", "done"]
+    fallback = [line for line in lines if "one at a time" in line]
+    assert len(fallback) == 1 and "RuntimeError: the group broke" in fallback[0], lines
+    # Each run alone, from the group's step-60 checkpoint to the quick config's 120 steps.
+    assert [(f.resumed_from, f.trained_steps) for f in fits] == [(60, 60)] * 3
+    for a, b in zip(_runs(single, "bn", [0, 1, 2]), _runs(tmp_path, "bn", [0, 1, 2]), strict=True):
         _assert_same(a, b)
