@@ -9,6 +9,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from bnlab.norm.ops import dispatch
 from bnlab.norm.ops.library import batch_norm_fused
 
 CL = torch.channels_last
@@ -58,6 +59,25 @@ def test_eager_path_is_bitwise_the_operator(shape, fmt, training, relu, dtype) -
     ):
         assert torch.equal(a, o), name
         assert a.stride() == o.stride(), name
+
+
+@pytest.mark.parametrize(
+    "shape,fmt,training",
+    [
+        ((16, 64, 32, 32), None, True),  # 1M values: the "auto" rule's training size
+        ((16, 64, 32, 32), CL, True),
+        ((8, 16, 256, 256), None, False),  # 32 MB: the "auto" rule's inference size
+    ],
+)
+def test_eager_path_is_the_operator_where_auto_picks_the_kernel(shape, fmt, training) -> None:
+    x, w, b, g = _case(shape, fmt, torch.float32)
+    assert dispatch.resolve_backend("auto", x, training) == "fused"
+    eager = _run(x, w, b, g, training, False, op=False)
+    op = _run(x, w, b, g, training, False, op=True)
+    for name, a, o in zip(
+        ("y", "running_mean", "running_var", "dx", "dw", "db"), eager, op, strict=True
+    ):
+        assert torch.equal(a, o), name
 
 
 def test_eager_path_double_backward_matches_gradgradcheck() -> None:
