@@ -45,7 +45,6 @@ from bnlab.experiments.runner import (
     STOPPING_ERRORS,
     ExperimentNotRunError,
     RunOutcome,
-    data_provenance,
     load_experiment_data,
     run_group,
     run_one,
@@ -379,35 +378,19 @@ def _train(
     :func:`run_one`."""
     spec = get_experiment(request.experiment)
     data = cache.get(spec, settings)
+    common: dict[str, Any] = {
+        "out_dir": settings.out_dir,
+        "quick": settings.quick,
+        "progress": progress,
+        "restart": settings.restart,
+        "overrides": settings.overrides,
+        "log": log,
+    }
     if request.seeds:
         return run_group(
-            spec,
-            request.variant,
-            request.seeds,
-            data,
-            out_dir=settings.out_dir,
-            quick=settings.quick,
-            progress=progress,
-            restart=settings.restart,
-            overrides=settings.overrides,
-            keep_going=keep_going,
-            log=log,
-            provenance=data_provenance(data),
+            spec, request.variant, request.seeds, data, keep_going=keep_going, **common
         )
-    outcome = run_one(
-        spec,
-        request.variant,
-        request.seed,
-        data,
-        out_dir=settings.out_dir,
-        quick=settings.quick,
-        progress=progress,
-        restart=settings.restart,
-        overrides=settings.overrides,
-        log=log,
-        provenance=data_provenance(data),
-    )
-    return [outcome]
+    return [run_one(spec, request.variant, request.seed, data, **common)]
 
 
 # -- worker processes -------------------------------------------------------------------
