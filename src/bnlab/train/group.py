@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 from bnlab.errors import BnlabError
-from bnlab.train.loop import FitResult, Trainer
+from bnlab.train.loop import FitResult, Start, Trainer
 from bnlab.train.progress import progress_bar
 from bnlab.train.timing import charge
 
@@ -86,20 +86,18 @@ class GroupTrainer:
         """Run (or resume, or restore if finished) every member's phase; one
         :class:`FitResult` per member."""
         begun = [member._begin() for member in self.members]
-        finished = [b for b in begun if isinstance(b, FitResult)]
-        if len(finished) == len(begun):
+        if all(isinstance(b, FitResult) for b in begun):
             self.load()
-            return finished
-        starts = {b[0] for b in begun if not isinstance(b, FitResult)}
-        if finished or len(starts) != 1:
-            steps = [b.steps if isinstance(b, FitResult) else b[0] for b in begun]
+            return [b for b in begun if isinstance(b, FitResult)]
+        starts = [b for b in begun if isinstance(b, Start)]
+        if len(starts) != len(begun) or len({s.step for s in starts}) != 1:
+            steps = [b.steps if isinstance(b, FitResult) else b.step for b in begun]
             raise GroupStateError(
                 f"the runs of this group stopped at different steps {steps}; each resumes alone"
             )
         self.load()
-        start_step = begun[0][0]  # type: ignore[index]
-        elapsed_before = [b[1] for b in begun]  # type: ignore[index]
-        resumed_from = begun[0][2]  # type: ignore[index]
+        start_step, resumed_from = starts[0].step, starts[0].resumed_from
+        elapsed_before = [s.elapsed_s for s in starts]
         first = self.members[0]
         k = len(self.members)
         t0 = time.perf_counter()

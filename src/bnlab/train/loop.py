@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,16 @@ def every(n: int, *, unless_every: int | None = None) -> Callable[[int], bool]:
         return batch % n == 0
 
     return when
+
+
+class Start(NamedTuple):
+    """Where an unfinished phase starts (:meth:`Trainer._begin`): after step ``step`` (0 for
+    a fresh phase), with ``elapsed_s`` of training time already spent, ``resumed_from`` the
+    checkpoint's step or ``None``."""
+
+    step: int
+    elapsed_s: float
+    resumed_from: int | None
 
 
 @dataclass(frozen=True)
@@ -268,9 +278,9 @@ class Trainer:
         raise NonFiniteLossError(self.desc, step, value, hint)
 
     # -- the loop -------------------------------------------------------------------------
-    def _begin(self) -> FitResult | tuple[int, float, int | None]:
+    def _begin(self) -> FitResult | Start:
         """Restore the phase's checkpoint if there is one: a :class:`FitResult` when the
-        phase is finished, else ``(start_step, elapsed_before_s, resumed_from)``."""
+        phase is finished, else where it starts."""
         start_step = 0
         elapsed_before = 0.0
         resumed_from: int | None = None
@@ -284,7 +294,7 @@ class Trainer:
                 self.run.metrics.truncate(ckpt.metrics_offset)
             start_step, elapsed_before, resumed_from = ckpt.step, ckpt.elapsed_s, ckpt.step
         self._first_pending_step = start_step + 1
-        return start_step, elapsed_before, resumed_from
+        return Start(start_step, elapsed_before, resumed_from)
 
     def _after_step(self, step: int, x: Tensor, y: Tensor) -> None:
         """The bookkeeping after optimizer step ``step`` (its loss already buffered):
