@@ -129,10 +129,9 @@ def _fused_backward_op(
 
     The gradients of weight and bias are returned in the input's dtype.
     """
-    dx, dw, db = _backward_kernels(
+    return _backward_kernels(
         grad_output, input, weight, bias, mean, invstd, training, relu, input_grad
     )
-    return input.new_empty((0,)) if dx is None else dx, dw, db
 
 
 def _backward_kernels(
@@ -145,14 +144,16 @@ def _backward_kernels(
     training: bool,
     relu: bool,
     input_grad: bool,
-) -> tuple[Tensor | None, Tensor, Tensor]:
-    """The backward kernel (``kernels.fused.backward``) with the parameter gradients in the
-    input's dtype: what both the operator and the eager path compute."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward kernel (``kernels.fused.backward``) as the operator returns it: the
+    parameter gradients in the input's dtype, ``grad_input`` empty unless ``input_grad``.
+    The operator's body, and what the eager path calls directly."""
     from bnlab.norm.ops.kernels import fused
 
     dx, dw, db = fused.backward(
         grad_output, input, weight, bias, mean, invstd, training, relu, input_grad
     )
+    dx = input.new_empty((0,)) if dx is None else dx
     return dx, dw.to(input.dtype), db.to(input.dtype)
 
 
@@ -261,7 +262,7 @@ class _EagerFusedBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         input: Tensor,
         weight: Tensor | None,
@@ -283,7 +284,7 @@ class _EagerFusedBatchNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         return _gradients(ctx, grad_y, ctx.needs_input_grad[:3], _backward_kernels)
 
 
