@@ -9,7 +9,7 @@ bash scripts/bootstrap.sh
 . .venv/bin/activate
 echo "[test] ruff check";        ruff check src tests scripts
 echo "[test] ruff format --check"; ruff format --check src tests scripts
-echo "[test] mypy";              mypy && mypy scripts
+echo "[test] mypy";              mypy; mypy scripts  # two commands: set -e skips a failure left of &&
 echo "[test] import contract";   lint-imports --no-cache
 echo "[test] pytest"
 if [ "$#" -gt 0 ]; then
