@@ -4,11 +4,11 @@ A training step allocates and frees the same activation-sized buffers every step
 serves blocks above its ``mmap`` threshold (dynamic, from 128 KiB) with fresh ``mmap``
 pages and gives them back on ``free``, and trims the heap top above its trim threshold, so
 every step touches new pages: each first touch is a page fault and a page zeroed by the
-kernel. The deep CNN took 1,000-1,400 minor page faults per step (64 x 8 x 28 x 28
+kernel. The deep CNN took 1,000-1,800 minor page faults per step (64 x 8 x 28 x 28
 activations are 1.6 MB each) and the sigmoid MLP's test-set pass 2,900; with the settings
-below, none. What that buys in time depends on the machine: about 14% of a deep-CNN
-step on this project's VM while another process ran on the other core, within the noise
-on a quiet one (``docs/performance.md``, "The main job (session 6)"). PyTorch's CPU
+below, none. What that buys in time depends on what shares the machine: about 7% of
+a deep-CNN step with a convolution loop busy on the other core, within the noise on an
+idle machine (``docs/performance.md``, "The main job (session 6)"). PyTorch's CPU
 tuning guide recommends jemalloc or tcmalloc for this; the three ``mallopt`` settings
 below give the same effect with glibc alone: blocks up to 128 MiB come from the heap,
 freed memory stays in the heap up to 512 MiB, and the heap grows 64 MiB at a time.
