@@ -36,14 +36,9 @@ _EXPORTS: dict[str, str] = {
     "convert_sync_batchnorm": "bnlab.norm.layers.sync",
     "convert_batchnorm": "bnlab.norm.tools.interop",
     "fold_bn": "bnlab.norm.tools.fold",
-    "BatchNormReLU1d": "bnlab.norm.layers.bn_relu",
-    "BatchNormReLU2d": "bnlab.norm.layers.bn_relu",
-    "BatchNormReLU3d": "bnlab.norm.layers.bn_relu",
-    "fuse_bn_relu": "bnlab.norm.tools.fuse",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
     from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
     from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
@@ -58,7 +53,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     )
     from bnlab.norm.tools.doctor import DoctorReport, doctor
     from bnlab.norm.tools.fold import fold_bn
-    from bnlab.norm.tools.fuse import fuse_bn_relu
     from bnlab.norm.tools.interop import convert_batchnorm
     from bnlab.norm.tools.precise import PreciseStats, precise_bn
 
@@ -66,9 +60,6 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
-    "BatchNormReLU1d",
-    "BatchNormReLU2d",
-    "BatchNormReLU3d",
     "DoctorReport",
     "FrozenBatchNorm",
     "PreciseStats",
@@ -83,7 +74,6 @@ __all__ = [
     "doctor",
     "fold_bn",
     "freeze_bn",
-    "fuse_bn_relu",
     "get_norm",
     "momentum_from_decay",
     "normalize",

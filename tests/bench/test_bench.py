@@ -179,7 +179,6 @@ def test_bench_quick_writes_json_and_prints_the_table(
     assert document["nets"]["fold_latency"]["max_rel_diff"] < 1e-5
     assert set(document["nets"]["deep_cnn_step"]["ratios"]) == {
         "bnlab-bn/no-bn",
-        "bnlab-bn+relu/no-bn",
         "torch-bn/no-bn",
         "bnlab-bn/torch-bn",
     }

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import bnlab
-from bnlab.norm.layers.bn_relu import BatchNormReLU2d
 from bnlab.norm.layers.ghost import GhostBatchNorm2d
 from bnlab.norm.layers.safe import NonFiniteBatchWarning
 from bnlab.norm.ops import dispatch
@@ -65,8 +64,8 @@ def test_eps_zero_is_refused_in_training_and_allowed_in_eval_by_every_backend(
     torch.testing.assert_close(y, x)
 
 
-def test_script_a_bn_relu_layer_and_refuse_a_variant_clearly() -> None:
-    layer = BatchNormReLU2d(4).eval()
+def test_script_a_bn_layer_and_refuse_a_variant_clearly() -> None:
+    layer = bnlab.BatchNorm2d(4).eval()
     with torch.no_grad():
         layer.running_mean.uniform_(-1, 1)
     x = torch.randn(2, 4, 3, 3)

@@ -1,5 +1,5 @@
 """A ResNet-18-shaped model, converted from torch's batch norm to bnlab's, through the tools a
-PyTorch user reaches for: state_dict both ways, fold_bn, fuse_bn_relu, torch's SyncBatchNorm
+PyTorch user reaches for: state_dict both ways, fold_bn, torch's SyncBatchNorm
 converter, torch.ao's fuse_modules, an optimizer built before conversion."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from torch import nn
 
 import bnlab
 from bnlab.models.resnet import ResNet18
-from bnlab.norm import convert_batchnorm, fold_bn, fuse_bn_relu
-from bnlab.norm.layers.bn_relu import BatchNormReLU2d
+from bnlab.norm import convert_batchnorm, fold_bn
 
 
 def _bns(model: nn.Module) -> dict[str, nn.Module]:
@@ -77,23 +76,6 @@ def test_fold_bn_says_what_it_left_and_why() -> None:
         folded, report = fold_bn(model, return_report=True)
     assert report.done == [] and list(report.left) == ["2"]
     assert isinstance(folded[2], bnlab.BatchNorm2d)
-
-
-def test_fuse_bn_relu_fuses_every_bn_relu_pair() -> None:
-    model = convert_batchnorm(_trained(ResNet18(width=8))).train()
-    fused, report = fuse_bn_relu(model, return_report=True)
-    pairs = ["bn1"] + [f"layer{s}.{b}.bn1" for s in range(1, 5) for b in range(2)]
-    assert sorted(line.split(" + ")[0] for line in report.done) == sorted(pairs)
-    assert all(type(fused.get_submodule(name)) is BatchNormReLU2d for name in pairs)
-    # bn2 feeds the residual addition, downsample BNs feed it too: left, with the reason.
-    assert len(report.left) == 11 and all("ReLU alone" in why for why in report.left.values())
-    # The block's ReLU module is shared (after bn1 and after the addition): it stays.
-    assert type(fused.layer1[0].relu) is nn.ReLU
-    x = torch.randn(4, 3, 64, 64)
-    model_copy = convert_batchnorm(_trained(ResNet18(width=8))).train()
-    model_copy.load_state_dict(model.state_dict())
-    torch.testing.assert_close(fused(x), model_copy(x), rtol=1e-4, atol=1e-5)
-    assert type(model.bn1) is bnlab.BatchNorm2d  # the input model is not changed
 
 
 def test_torch_sync_batchnorm_converter_sees_bnlab_layers() -> None:

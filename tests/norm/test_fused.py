@@ -7,6 +7,7 @@ buffers' write-back path, the "auto" rule, and the on-disk compilation cache.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -15,8 +16,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+import bnlab
 from bnlab.norm.ops import dispatch
 from bnlab.norm.ops.kernels import fused as fused_module
 from bnlab.norm.ops.kernels import plan_for
@@ -202,7 +204,7 @@ def test_auto_rule_picks_fused_only_where_it_wins() -> None:
     small = torch.empty(64, 8, 28, 28)
     image = torch.empty(1, 3, 512, 512).contiguous(memory_format=torch.channels_last)
     auto = dispatch._auto_rule
-    assert auto(large, True) == "fused" and auto(large, False) == "fused"
+    assert auto(large, True) == "fused" and auto(large, False) == "native"  # eval: torch's
     assert auto(mid, True) == "fused" and auto(mid, False) == "native"
     assert auto(small, True) == "native" and auto(small, False) == "native"
     # Channels-last: torch is fast only with a multiple of 16 channels (docs/performance.md).
@@ -213,6 +215,20 @@ def test_auto_rule_picks_fused_only_where_it_wins() -> None:
     assert auto(large.half(), True) == "native"
     assert auto(torch.empty(64, 64, 56, 56, device="meta"), True) == "native"  # not on the CPU
     assert dispatch.resolve_backend("auto", torch.empty(2, 3), True) == "native"
+
+
+def test_auto_rule_takes_no_guard_on_a_dynamic_batch() -> None:
+    # The rule must not branch on a symbolic size: torch.export with Dim("batch") at a size
+    # where the kernel would engage, run at other batch sizes (one far below the limit).
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), bnlab.BatchNorm2d(16)).train()
+    x = torch.randn(8, 3, 96, 96)  # 1.2M values per batch norm: "fused" when static
+    assert dispatch._auto_rule(model[0](x), True) == "fused"
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    reference = copy.deepcopy(model)
+    for n in (2, 12):
+        z = torch.randn(n, 3, 96, 96)
+        torch.testing.assert_close(program.module()(z), reference(z), rtol=1e-4, atol=1e-4)
 
 
 _FRESH_PROCESS = """

@@ -66,7 +66,6 @@ def test_eager_path_is_bitwise_the_operator(shape, fmt, training, relu, dtype) -
     [
         ((16, 64, 32, 32), None, True),  # 1M values: the "auto" rule's training size
         ((16, 64, 32, 32), CL, True),
-        ((8, 16, 256, 256), None, False),  # 32 MB: the "auto" rule's inference size
     ],
 )
 def test_eager_path_is_the_operator_where_auto_picks_the_kernel(shape, fmt, training) -> None:

@@ -1,7 +1,7 @@
 """Whole-network benchmarks: the deep-CNN training step, and inference after ``fold_bn``.
 
 ``deep_cnn_step`` times one Adam step of the seed-000 network (batch 64) without batch
-norm, with bnlab's default batch norm (alone, and fused with its ReLU) and with
+norm, with bnlab's default batch norm and with
 ``torch.nn.BatchNorm2d``, interleaved;
 ``fold_latency`` times single-image inference of the same network before and after
 folding its batch norm into the convolutions.
@@ -19,26 +19,21 @@ from torch import nn
 from bnlab.bench.timing import interleaved, paired_ratio
 from bnlab.models.deep_cnn import DeepCNN
 from bnlab.norm.tools.fold import fold_bn
-from bnlab.norm.tools.fuse import fuse_bn_relu
 
 __all__ = ["NET_VARIANTS", "build_variant", "deep_cnn_step", "fold_latency", "make_step"]
 
-#: name -> (``DeepCNN(norm=...)``, fuse BN+ReLU): the network without BN, with bnlab's BN
-#: as the experiments build it, with bnlab's BN fused with the ReLU after it
-#: (:func:`bnlab.norm.tools.fuse.fuse_bn_relu`), and with torch's BN.
-NET_VARIANTS: dict[str, tuple[str, bool]] = {
-    "no-bn": ("none", False),
-    "bnlab-bn": ("bn", False),
-    "bnlab-bn+relu": ("bn", True),
-    "torch-bn": ("torch-bn", False),
+#: name -> the ``DeepCNN(norm=...)`` of that variant: the network without BN, with bnlab's
+#: BN as the experiments build it, and with torch's BN.
+NET_VARIANTS: dict[str, str] = {
+    "no-bn": "none",
+    "bnlab-bn": "bn",
+    "torch-bn": "torch-bn",
 }
 
 
 def build_variant(name: str, num_conv_layers: int = 19) -> nn.Module:
     """The deep CNN of variant ``name`` (a key of :data:`NET_VARIANTS`)."""
-    norm, fuse = NET_VARIANTS[name]
-    model = DeepCNN(norm=norm, num_conv_layers=num_conv_layers)
-    return fuse_bn_relu(model) if fuse else model
+    return DeepCNN(norm=NET_VARIANTS[name], num_conv_layers=num_conv_layers)
 
 
 def make_step(model: nn.Module, batch: int, num_classes: int = 10) -> Callable[[], float]:
@@ -97,7 +92,6 @@ def deep_cnn_step(
 #: The step-time ratios reported (numerator, denominator).
 _RATIOS = (
     ("bnlab-bn", "no-bn"),
-    ("bnlab-bn+relu", "no-bn"),
     ("torch-bn", "no-bn"),
     ("bnlab-bn", "torch-bn"),
 )

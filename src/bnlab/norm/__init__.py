@@ -7,7 +7,6 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 
 from __future__ import annotations
 
-from bnlab.norm.layers.bn_relu import BatchNormReLU1d, BatchNormReLU2d, BatchNormReLU3d
 from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
 from bnlab.norm.layers.ghost import (
     GhostBatchNorm,
@@ -41,7 +40,6 @@ from bnlab.norm.ops.functional import (
 from bnlab.norm.ops.reference import BatchNormFunction, batch_norm_reference
 from bnlab.norm.tools.doctor import DoctorReport, Finding, doctor
 from bnlab.norm.tools.fold import fold_bn, fold_bn_weights
-from bnlab.norm.tools.fuse import fuse_bn_relu
 from bnlab.norm.tools.graph import FoldWarning, RewriteReport
 from bnlab.norm.tools.interop import convert_batchnorm
 from bnlab.norm.tools.precise import PreciseStats, precise_bn
@@ -52,9 +50,6 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "BatchNormFunction",
-    "BatchNormReLU1d",
-    "BatchNormReLU2d",
-    "BatchNormReLU3d",
     "BatchRenorm",
     "BatchRenorm1d",
     "BatchRenorm2d",
@@ -87,7 +82,6 @@ __all__ = [
     "fold_bn",
     "fold_bn_weights",
     "freeze_bn",
-    "fuse_bn_relu",
     "get_norm",
     "label_layers",
     "momentum_from_decay",

@@ -160,8 +160,10 @@ def _check_batch_norm_args_in_detail(
                 f"{name} must have shape ({num_channels},) to match the {num_channels} "
                 f"channels of input {tuple(input.shape)}; got shape {tuple(t.shape)}"
             )
+        # torch's rules: half input may use float32 parameters, and an empty batch
+        # (which computes nothing) may meet parameters of any float dtype.
         reduced_ok = input.dtype in REDUCED_PRECISION and t.dtype == torch.float32
-        if t.dtype != input.dtype and not reduced_ok:
+        if t.dtype != input.dtype and not reduced_ok and input.numel() > 0:
             raise TypeError(
                 f"{name} has dtype {t.dtype} but input has dtype {input.dtype}; they must "
                 f"match (half inputs may also use float32 parameters). Convert the module "

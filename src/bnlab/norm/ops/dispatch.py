@@ -108,41 +108,40 @@ _FUSED_MIN_TRAIN_NUMEL_COMPILED = {
     "channels_last": 1 << 20,
     "channels_last_odd": 1 << 20,
 }
-# Inference is one read and one write either way; the fused path wins once the output
-# is larger than glibc's 32 MB mmap limit, where PyTorch's fresh output page-faults and
-# the kernel's pooled output does not.
-_FUSED_MIN_EVAL_BYTES = 32 << 20
+# Inference is one read and one write in either kernel, and both allocate their output
+# the same way: "auto" leaves it to torch's.
 # Fewer values than this never go to the fused kernel (the least of the limits above).
-_FUSED_MIN_NUMEL = min(*_FUSED_MIN_TRAIN_NUMEL.values(), _FUSED_MIN_EVAL_BYTES // 8)
+_FUSED_MIN_NUMEL = min(_FUSED_MIN_TRAIN_NUMEL.values())
 
 
 def _auto_rule(input: Tensor, training: bool) -> str:
     """Which backend ``"auto"`` means for this call. Extend this rule, and only this one.
 
     ``"fused"`` (bnlab's numba kernels as the operator ``bnlab::fused_batch_norm``) for
-    CPU float32/float64 inputs large enough that it wins: training on at least
+    training on CPU float32/float64 inputs large enough that it wins: at least
     ``_FUSED_MIN_TRAIN_NUMEL[layout]`` values (``_FUSED_MIN_TRAIN_NUMEL_COMPILED`` while
-    ``torch.compile`` traces), inference on at least ``_FUSED_MIN_EVAL_BYTES``.
-    ``"native"`` (``torch.nn.functional.batch_norm``)
-    otherwise: CUDA, half precision, and small tensors. Native's known weakness: float32
+    ``torch.compile`` traces). ``"native"`` (``torch.nn.functional.batch_norm``)
+    otherwise: inference, CUDA, half precision, small tensors, and symbolic shapes
+    (``torch.export`` or ``torch.compile`` with a dynamic dimension: deciding by size
+    would specialise the graph on that dimension). Native's known weakness: float32
     batches with a mean far larger than their spread (mean 1e4, std 1e-2) lose about 5%
     of a standard deviation; ``"reference"`` and ``"fused"`` keep those exact (see
     docs/norm.md).
     """
-    if input.numel() < _FUSED_MIN_NUMEL or not input.is_cpu:
-        return "native"  # the common small case first: this runs on every call
+    numel = input.numel()
+    if type(numel) is not int:  # a SymInt: no guard on the size may be taken
+        return "native"
+    if not training or numel < _FUSED_MIN_NUMEL or not input.is_cpu:
+        return "native"  # the common cases first: this runs on every call
     if input.dtype not in (torch.float32, torch.float64):
         return "native"
-    if training:
-        if input.is_contiguous():
-            layout = "contiguous"
-        else:
-            layout = "channels_last" if input.shape[1] % 16 == 0 else "channels_last_odd"
-        compiled = torch.compiler.is_compiling()
-        least = (_FUSED_MIN_TRAIN_NUMEL_COMPILED if compiled else _FUSED_MIN_TRAIN_NUMEL)[layout]
-        return "fused" if input.numel() >= least else "native"
-    nbytes = input.numel() * input.element_size()
-    return "fused" if nbytes >= _FUSED_MIN_EVAL_BYTES else "native"
+    if input.is_contiguous():
+        layout = "contiguous"
+    else:
+        layout = "channels_last" if input.shape[1] % 16 == 0 else "channels_last_odd"
+    compiled = torch.compiler.is_compiling()
+    least = (_FUSED_MIN_TRAIN_NUMEL_COMPILED if compiled else _FUSED_MIN_TRAIN_NUMEL)[layout]
+    return "fused" if numel >= least else "native"
 
 
 def resolve_backend(backend: str, input: Tensor, training: bool) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -36,16 +37,34 @@ BNLAB_CLASS: dict[type[nn.Module], type[_BatchNorm]] = {
 
 
 def register_quantization_fusers() -> None:
-    """Let ``torch.ao.quantization.fuse_modules`` fuse (conv/linear, bnlab BN[, ReLU]).
+    """Let ``torch.ao.quantization.fuse_modules`` and ``fuse_modules_qat`` fuse
+    (conv/linear, bnlab BN[, ReLU]).
 
     Each entry of torch's default fuser table that names a ``torch.nn`` batch-norm class
-    gets a twin naming bnlab's class, with the same fuser method. Idempotent.
+    gets a twin naming bnlab's class. Its method hands torch's method the ``torch.nn``
+    layer that shares the bnlab layer's parameters and buffers (torch's fused modules
+    check exact types; quantization-aware training then trains torch's batch norm in
+    place of bnlab's, as it does for torch's own). Idempotent.
     """
     table = fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
     for key, method in list(table.items()):
         if any(t in BNLAB_CLASS for t in key):
             twin = tuple(BNLAB_CLASS.get(t, t) for t in key)
-            table.setdefault(twin, method)
+            table.setdefault(twin, _with_torch_batch_norm(method))
+
+
+def _with_torch_batch_norm(method: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``method(is_qat, *modules)`` with each bnlab batch norm given as its torch twin."""
+
+    def fuse(is_qat: bool, *modules: nn.Module) -> nn.Module:
+        twins = [_torch_twin(m) if isinstance(m, _BatchNorm) else m for m in modules]
+        return method(is_qat, *twins)
+
+    return fuse
+
+
+def _torch_twin(layer: _BatchNorm) -> nn.Module:
+    return as_torch_batch_norm(layer, layer._torch_class)
 
 
 def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:

@@ -1,7 +1,7 @@
 """Fused CPU batch-norm kernels (numba): training forward, backward and inference forward.
 
 Array kernels live in ``_numba.py``; memory-schedule planning and the torch glue
-(:func:`forward`, :func:`backward`) in ``fused.py``; reused output memory in ``_pool.py``.
+(:func:`forward`, :func:`backward`) in ``fused.py``.
 Nothing here is called directly: ``bnlab.norm.ops.library`` registers these as the PyTorch
 operators behind the ``"fused"`` backend. Importing this package imports numba.
 """

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from bnlab.norm.ops.kernels import _numba as K
-from bnlab.norm.ops.kernels._pool import output_pool
 
 __all__ = [
     "Plan",
@@ -43,6 +42,43 @@ _MAX_ROW_WIDTH = 1 << 16
 # task's slice stays under _MAX_SLICE (x and dy of a slice share a 2 MB L2 in backward).
 _MIN_SEGMENT = 4096
 _MAX_SLICE = 512 * 1024
+
+
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+class _Memory:
+    """A tensor's memory described by numpy's array interface (data pointer, shape, strides)."""
+
+    __slots__ = ("__array_interface__", "tensor")
+
+    def __init__(self, t: Tensor) -> None:
+        self.tensor = t  # the array's base holds this object, and so the tensor
+        itemsize = t.element_size()
+        self.__array_interface__ = {
+            "version": 3,
+            "data": (t.data_ptr(), False),
+            "shape": tuple(t.shape),
+            "strides": tuple(s * itemsize for s in t.stride()),
+            "typestr": _NUMPY_DTYPE[t.dtype].str,
+        }
+
+
+def as_array(t: Tensor) -> np.ndarray:
+    """A numpy view of CPU float32/float64 tensor ``t``'s memory, valid while ``t`` lives.
+
+    Unlike ``Tensor.numpy()``, which marks the tensor's storage as not resizable for
+    good, this leaves the storage as it was, so parameters and buffers the kernels read
+    can still be resized by their owner (FSDP2 frees and re-allocates a parameter's
+    storage between uses, and refuses storage that ``numpy()`` has touched).
+
+    >>> t = torch.arange(6.0).reshape(2, 3)
+    >>> as_array(t.t()).tolist()
+    [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+    >>> t.untyped_storage().resize_(0).nbytes()  # still resizable
+    0
+    """
+    return np.asarray(_Memory(t))
 
 
 @dataclass(frozen=True)
@@ -71,7 +107,7 @@ class Plan:
 
         A view of ``t``'s memory when ``t`` has the plan's layout, else a copy in it.
         """
-        a = t.detach().numpy()
+        a = as_array(t)
         if self.layout == "channels_last":
             # (N, C, *S) with C innermost in memory -> (N, *S, C): a C-contiguous view.
             a = a.transpose(0, *range(2, self.ndim), 1)
@@ -85,7 +121,7 @@ class Plan:
         Raises:
             RuntimeError: ``t`` does not have the plan's layout (a bug in the caller).
         """
-        a = t.detach().numpy()
+        a = as_array(t)
         if self.layout == "channels_last":
             a = a.transpose(0, *range(2, self.ndim), 1)
         if not a.flags.c_contiguous:
@@ -212,7 +248,7 @@ def _channel_group(n: int, c: int, length: int, itemsize: int, tasks: int) -> in
 
 @functools.lru_cache(maxsize=64)
 def _constant(num_channels: int, fill: float, dtype: torch.dtype) -> np.ndarray:
-    a = np.full(num_channels, fill, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    a = np.full(num_channels, fill, dtype=_NUMPY_DTYPE[dtype])
     a.setflags(write=False)
     return a
 
@@ -223,10 +259,10 @@ def _np_param(t: Tensor | None, num_channels: int, fill: float, dtype: torch.dty
         return _constant(num_channels, fill, dtype)
     if t.dtype != dtype or not t.is_contiguous():
         t = t.to(dtype).contiguous()
-    return t.detach().numpy()
+    return as_array(t)
 
 
-_EMPTY = {dt: torch.empty(0, dtype=dt).numpy() for dt in (torch.float32, torch.float64)}
+_EMPTY = {dt: np.empty(0, dtype=_NUMPY_DTYPE[dt]) for dt in _NUMPY_DTYPE}
 
 
 def forward(
@@ -255,7 +291,7 @@ def forward(
     num_channels = x.shape[1]
     w = _np_param(weight, num_channels, 1.0, x.dtype)
     b = _np_param(bias, num_channels, 0.0, x.dtype)
-    y = output_pool.empty_like(x)  # reused memory: no page faults (see _pool.py)
+    y = torch.empty_like(x)  # x is contiguous or channels-last here: the plan's layout
     mean = np.empty(num_channels)
     invstd = np.empty(num_channels)
     xv, yv = plan.view(x), plan.out_view(y)
@@ -301,7 +337,7 @@ def _running_arrays(
         for t in (running_mean, running_var)
     )
     if direct:
-        return running_mean.detach().numpy(), running_var.detach().numpy(), None
+        return as_array(running_mean), as_array(running_var), None
     rm = running_mean.detach().to("cpu", dtype).contiguous().clone()
     rv = running_var.detach().to("cpu", dtype).contiguous().clone()
 
@@ -310,7 +346,7 @@ def _running_arrays(
             running_mean.copy_(rm)
             running_var.copy_(rv)
 
-    return rm.numpy(), rv.numpy(), write_back
+    return as_array(rm), as_array(rv), write_back
 
 
 def backward(
@@ -341,10 +377,10 @@ def backward(
     num_channels = x.shape[1]
     w = _np_param(weight, num_channels, 1.0, x.dtype)
     b = _np_param(bias, num_channels, 0.0, x.dtype)
-    mean_np, invstd_np = mean.detach().numpy(), invstd.detach().numpy()
+    mean_np, invstd_np = as_array(mean), as_array(invstd)
     xv = plan.view(x)
     dyv = plan.view(dy if dy.dtype == x.dtype else dy.to(x.dtype))
-    dx = output_pool.empty_like(x) if need_dx else None
+    dx = torch.empty_like(x) if need_dx else None
     dxv = plan.out_view(dx) if dx is not None else xv  # never written when need_dx is False
     sum_g = np.empty(num_channels)
     sum_gxhat = np.empty(num_channels)
