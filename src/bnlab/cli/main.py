@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -101,7 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"bnlab {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Ctrl-C, or SIGTERM/SIGHUP turned into the same exception while training (the
+        # scheduler's Stopped): the workers are stopped, the next call resumes.
+        signum = getattr(exc, "signum", None)
+        if isinstance(signum, int):
+            name = signal.Signals(signum).name
+            print(
+                f"bnlab {args.command}: stopped by {name}; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return 128 + signum
         print(f"bnlab {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -16,17 +16,22 @@ the elapsed time and an estimate of the time left. A failed run is recorded
 (``failed.json``) and, with ``keep_going``, the others go on; a run directory holding
 another config, a locked run, a corrupt checkpoint or unusable run files stop everything
 (the runs already training are stopped and resume from their checkpoints on the next
-call). Ctrl-C stops the workers the same way.
+call). Ctrl-C, SIGTERM and SIGHUP stop the workers the same way (:class:`Stopped`), and a
+worker whose parent dies without a word (SIGKILL) is killed by the kernel
+(``PR_SET_PDEATHSIG``; a watcher thread where that is missing), so no worker outlives its
+job and no lock stays held.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -56,11 +61,13 @@ from bnlab.train.progress import progress_enabled
 __all__ = [
     "RunRequest",
     "RunSettings",
+    "Stopped",
     "admit",
     "available_cores",
     "default_jobs",
     "plan",
     "run_all",
+    "stop_on_signals",
 ]
 
 Log = Callable[[str], None]
@@ -71,6 +78,48 @@ _STOPPING = STOPPING_ERRORS
 
 def _stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
+
+
+class Stopped(KeyboardInterrupt):
+    """The job was stopped by a signal (SIGTERM, SIGHUP): raised in the main thread like
+    Ctrl-C's ``KeyboardInterrupt``, so the same clean-up runs (workers stopped, locks
+    released, no run recorded as failed) and the next call resumes.
+
+    Attributes:
+        signum: the signal's number (the CLI exits with ``128 + signum``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+#: The signals that stop a job as Ctrl-C does (SIGINT is Python's KeyboardInterrupt).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` for the block (main thread only;
+    elsewhere a no-op), then restore the previous handlers. A signal that was ignored
+    (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def available_cores() -> int:
@@ -237,13 +286,29 @@ def run_all(
         progress: the overall bar (and, with ``jobs=1``, each run's bar); ``None``/``True``:
             when stderr is a terminal.
 
+    SIGTERM and SIGHUP (in the main thread) stop the job as Ctrl-C does: the workers are
+    stopped, every lock is released, and :class:`Stopped` is raised.
+
     Raises:
         RunConflictError, RunLockedError, RunFilesError: a run directory that needs a
             decision first (see :func:`bnlab.experiments.runner.run_one`).
+        Stopped: SIGTERM or SIGHUP (a ``KeyboardInterrupt``, as Ctrl-C raises).
         ValueError: ``jobs < 1``.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
+    with stop_on_signals():
+        return _run_all(requests, settings, jobs, keep_going, progress, log)
+
+
+def _run_all(
+    requests: Sequence[RunRequest],
+    settings: RunSettings,
+    jobs: int,
+    keep_going: bool,
+    progress: bool | None,
+    log: Log,
+) -> tuple[list[RunOutcome], dict[str, str]]:
     show = progress_enabled(progress)
     process_git_revision()  # pin the revision of the code this job runs, before any run
     not_run: dict[str, str] = {}
@@ -397,10 +462,47 @@ def _train(
 _WORKER_CACHE: _DataCache | None = None
 
 
-def _worker_init(git: dict[str, Any]) -> None:
-    """A worker: Ctrl-C is the parent's to handle; one thread until a run sets its own."""
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies, however it dies (SIGKILL included).
+
+    On Linux the kernel sends SIGTERM (``prctl(PR_SET_PDEATHSIG)``), whose default action
+    ends the process at once; every file a run writes is atomic, so its checkpoints stay
+    intact and the OS releases its lock. Elsewhere a daemon thread watches the parent's
+    PID once a second. A parent already gone before the request took effect is caught by
+    the check that follows it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored SIGTERM may be inherited
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="bnlab-parent-watch", daemon=True).start()
+
+
+def _worker_init(git: dict[str, Any], parent: int) -> None:
+    """A worker: Ctrl-C is the parent's to handle, the parent's death ends it; one thread
+    until a run sets its own."""
     global _WORKER_CACHE
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    # tqdm would create a multiprocessing lock here (a named semaphore, unlinked at a clean
+    # exit): a worker killed with its job would leave it to the resource tracker, which
+    # reports it as leaked. A worker draws no bar; a thread lock serves its log lines.
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(1)
     adopt_process_git_revision(git)
     _WORKER_CACHE = _DataCache()
@@ -519,13 +621,12 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
         max_workers=jobs,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(process_git_revision(),),
+        initargs=(process_git_revision(), os.getpid()),
     )
     try:
         yield pool
     except BaseException:
         processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
         # SIGKILL: a worker may have inherited an ignored SIGTERM, and every file a run
         # writes is atomic, so nothing is lost; the runs resume from their checkpoints.
         for process in processes:
@@ -534,6 +635,10 @@ def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
         for process in processes:
             with contextlib.suppress(Exception):
                 process.join(timeout=10)
+        # The pool's manager thread sees its workers gone and ends; waiting for it closes
+        # the queues, whose semaphores the resource tracker would otherwise call leaked.
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     else:
         pool.shutdown(wait=True)
