@@ -17,6 +17,8 @@ _EXPORTS: dict[str, str] = {
     "BatchNorm1d": "bnlab.norm.layers.modules",
     "BatchNorm2d": "bnlab.norm.layers.modules",
     "BatchNorm3d": "bnlab.norm.layers.modules",
+    "BatchNormAct2d": "bnlab.norm.layers.act",
+    "RewriteWarning": "bnlab.norm.layers.act",
     "batch_norm": "bnlab.norm.ops.functional",
     "batch_stats": "bnlab.norm.ops.functional",
     "decay_from_momentum": "bnlab.norm.ops.functional",
@@ -39,6 +41,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from bnlab.norm.layers.act import BatchNormAct2d, RewriteWarning
     from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
     from bnlab.norm.layers.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
     from bnlab.norm.layers.registry import available_norms, get_norm, register_norm
@@ -60,9 +63,11 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct2d",
     "DoctorReport",
     "FrozenBatchNorm",
     "PreciseStats",
+    "RewriteWarning",
     "SyncBatchNorm",
     "__version__",
     "available_norms",

@@ -7,6 +7,7 @@ are imported here so the registries are complete once ``bnlab.norm`` is imported
 
 from __future__ import annotations
 
+from bnlab.norm.layers.act import BatchNormAct2d, RewriteWarning, anatomy
 from bnlab.norm.layers.frozen import FrozenBatchNorm, freeze_bn
 from bnlab.norm.layers.ghost import (
     GhostBatchNorm,
@@ -26,7 +27,7 @@ from bnlab.norm.layers.renorm import (
     RenormSchedule,
 )
 from bnlab.norm.layers.safe import label_layers, refusals
-from bnlab.norm.layers.sync import SyncBatchNorm, convert_sync_batchnorm
+from bnlab.norm.layers.sync import SyncBatchNorm, SyncBatchNormAct, convert_sync_batchnorm
 from bnlab.norm.ops.dispatch import available_backends, register_backend, resolve_backend
 from bnlab.norm.ops.functional import (
     batch_norm,
@@ -49,6 +50,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct2d",
     "BatchNormFunction",
     "BatchRenorm",
     "BatchRenorm1d",
@@ -69,7 +71,10 @@ __all__ = [
     "RecurrentBatchNorm",
     "RenormSchedule",
     "RewriteReport",
+    "RewriteWarning",
     "SyncBatchNorm",
+    "SyncBatchNormAct",
+    "anatomy",
     "available_backends",
     "available_norms",
     "batch_norm",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnlab.norm.layers.act import anatomy, unknown_subclass, warn_left
 from bnlab.norm.layers.modules import BATCH_NORM_TYPES
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops import _validation
@@ -82,15 +83,21 @@ class FrozenBatchNorm(nn.Module):
 
     @classmethod
     def from_batch_norm(cls, bn: nn.Module) -> FrozenBatchNorm:
-        """A frozen copy of a batch-norm layer (bnlab's or torch's): its current running
-        statistics, affine (1 and 0 when it has none) and eps. ``bn`` is not changed.
+        """A frozen copy of a batch-norm layer (bnlab's, torch's or timm's): its current
+        running statistics, affine (1 and 0 when it has none) and eps, and for a batch
+        norm + activation layer (``BatchNormAct2d``) its ``drop`` and ``act`` modules,
+        applied after the normalization. ``bn`` is not changed.
 
         Raises:
-            TypeError: ``bn`` is not a batch-norm layer.
+            TypeError: ``bn`` is not a batch-norm layer, or a subclass whose ``forward``
+                bnlab does not know (see :func:`bnlab.norm.layers.act.anatomy`).
             ValueError: ``bn`` keeps no running statistics (there is nothing to freeze).
         """
         if not isinstance(bn, BATCH_NORM_TYPES):
             raise TypeError(f"expected a batch-norm layer; got {type(bn).__name__}")
+        shape = anatomy(bn)
+        if shape is None:
+            raise TypeError(f"cannot freeze it: {unknown_subclass(bn)}")
         running_mean = getattr(bn, "running_mean", None)
         running_var = getattr(bn, "running_var", None)
         if running_mean is None or running_var is None:
@@ -113,6 +120,8 @@ class FrozenBatchNorm(nn.Module):
             tracked = getattr(bn, "num_batches_tracked", None)
             if tracked is not None:
                 frozen.num_batches_tracked = tracked.detach().clone()
+        if shape.tail is not None:  # the same child names, so the same state_dict keys
+            frozen.drop, frozen.act = copy.deepcopy(bn.drop), copy.deepcopy(bn.act)
         return frozen
 
     def forward(self, input: Tensor) -> Tensor:
@@ -122,9 +131,11 @@ class FrozenBatchNorm(nn.Module):
                 f"FrozenBatchNorm({self.num_features}) expects input of shape "
                 f"(N, {self.num_features}, *); got shape {tuple(input.shape)}"
             )
-        return normalize(
-            input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
-        )
+        y = normalize(input, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
+        act, drop = self._modules.get("act"), self._modules.get("drop")
+        if act is not None and drop is not None:  # frozen from a batch norm + activation
+            y = act(drop(y))
+        return y
 
     def _load_from_state_dict(
         self,
@@ -163,7 +174,9 @@ def freeze_bn(model: nn.Module, pattern: str | Sequence[str] = "*") -> nn.Module
     shell-style patterns becomes a :class:`FrozenBatchNorm` with its current statistics
     and affine. ``*`` matches dots too, so ``"layer2.*"`` freezes everything under
     ``layer2``. ``model`` itself is deep-copied first and never changed (STYLE.md §6);
-    training modes and every other weight are kept.
+    training modes and every other weight are kept. A batch norm + activation layer
+    keeps its activation; a subclass whose ``forward`` bnlab does not know is left as it
+    is, and a :class:`~bnlab.norm.layers.act.RewriteWarning` names it.
 
     Args:
         model: any module (a batch-norm layer itself is matched by the name ``""``).
@@ -197,13 +210,18 @@ def freeze_bn(model: nn.Module, pattern: str | Sequence[str] = "*") -> nn.Module
         frozen.train(model.training)
         return frozen
     new = copy.deepcopy(model)
+    left: dict[str, str] = {}
     for name in selected:
         parent_name, _, child = name.rpartition(".")
         parent = new.get_submodule(parent_name)
         bn = parent.get_submodule(child)
+        if anatomy(bn) is None:
+            left[name] = unknown_subclass(bn)
+            continue
         frozen = FrozenBatchNorm.from_batch_norm(bn)
         frozen.train(bn.training)
         setattr(parent, child, frozen)
+    warn_left("freeze_bn", left)
     return new
 
 

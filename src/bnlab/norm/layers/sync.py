@@ -18,6 +18,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from bnlab.errors import BnlabError
 from bnlab.norm.layers import safe
+from bnlab.norm.layers.act import ActAfter, anatomy, unknown_subclass, warn_left
 from bnlab.norm.layers.modules import _BatchNorm, check_any_rank
 from bnlab.norm.layers.registry import register_norm
 from bnlab.norm.ops import functional as F
@@ -26,6 +27,7 @@ from bnlab.norm.ops.core import merge_moments
 __all__ = [
     "DistributedError",
     "SyncBatchNorm",
+    "SyncBatchNormAct",
     "convert_sync_batchnorm",
     "merge_moments",
     "sync_batch_norm",
@@ -342,6 +344,46 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
 
+class SyncBatchNormAct(ActAfter, SyncBatchNorm):
+    """``act(drop(SyncBatchNorm(x)))``: what :func:`convert_sync_batchnorm` makes of a batch
+    norm + activation layer (timm's or bnlab's ``BatchNormAct2d``).
+
+    Args: those of :class:`SyncBatchNorm`, plus keyword-only ``act`` (default
+    ``nn.ReLU()``) and ``drop`` (default ``nn.Identity()``).
+
+    >>> SyncBatchNormAct(3, act=nn.SiLU())(torch.randn(4, 3, 2, 2)).shape
+    torch.Size([4, 3, 2, 2])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        act: nn.Module | None = None,
+        drop: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            process_group,
+            device,
+            dtype,
+            **kwargs,
+        )
+        self._set_tail(act, drop)
+
+
 def convert_sync_batchnorm(
     module: nn.Module, process_group: dist.ProcessGroup | None = None
 ) -> nn.Module:
@@ -355,8 +397,12 @@ def convert_sync_batchnorm(
     ``num_features``, ``eps``, ``momentum``, ``affine``, ``track_running_stats`` (and a
     bnlab layer's ``backend``), the same parameter values and ``requires_grad``, the same
     buffers (running statistics, ``num_batches_tracked``) and the same train/eval mode.
-    Existing SyncBatchNorm layers get ``process_group``. Variants that normalize
-    differently (ghost batch norm, batch renorm, frozen batch norm) are left as they are.
+    Batch norm + activation layers (timm's and bnlab's ``BatchNormAct2d``) become
+    :class:`SyncBatchNormAct` with the same ``drop`` and ``act`` modules. Existing
+    SyncBatchNorm layers get ``process_group``. Variants that normalize differently
+    (ghost batch norm, batch renorm, frozen batch norm) are left as they are, and so is
+    any subclass that overrides ``forward`` in a way bnlab does not know (a
+    :class:`~bnlab.norm.layers.act.RewriteWarning` names it).
 
     Args:
         module: a model, or a single batch-norm layer.
@@ -376,41 +422,54 @@ def convert_sync_batchnorm(
     shared: dict[int, Any] = {
         id(t): t for t in itertools.chain(module.parameters(), module.buffers())
     }
-    return _convert(copy.deepcopy(module, shared), process_group)
+    left: dict[str, str] = {}
+    converted = _convert(copy.deepcopy(module, shared), process_group, left)
+    warn_left("convert_sync_batchnorm", left)
+    return converted
 
 
-def _convert(module: nn.Module, group: dist.ProcessGroup | None) -> nn.Module:
+def _convert(
+    module: nn.Module, group: dist.ProcessGroup | None, left: dict[str, str], name: str = ""
+) -> nn.Module:
     """Swap batch-norm layers in an already copied tree (in place; returns the root)."""
     if isinstance(module, SyncBatchNorm):
         module.process_group = group
         return module
-    if _is_plain_batch_norm(module):
-        return _to_sync(module, group)
-    for name, child in module.named_children():
-        new = _convert(child, group)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        shape = anatomy(module)
+        if shape is None:
+            left[name] = unknown_subclass(module)
+        elif not _normalizes_plainly(module):
+            pass  # a bnlab variant (ghost batches, batch renorm): documented, not synced
+        else:
+            return _to_sync(module, group, shape.tail is not None)
+        return module
+    for child_name, child in module.named_children():
+        new = _convert(child, group, left, f"{name}.{child_name}" if name else child_name)
         if new is not child:
-            module.add_module(name, new)
+            module.add_module(child_name, new)
     return module
 
 
-def _is_plain_batch_norm(module: nn.Module) -> bool:
-    """Batch norm whose normalization is the plain one, so SyncBatchNorm can replace it.
+def _normalizes_plainly(module: nn.Module) -> bool:
+    """Whether a known batch-norm layer's training normalization is the plain one.
 
     Every torch.nn batch norm qualifies (as in ``torch.nn.SyncBatchNorm``'s converter);
-    a bnlab batch-norm class qualifies when it keeps the base ``forward`` and
-    ``_batch_norm``. Variants that override them (ghost batches, batch renorm) normalize
-    differently, and swapping them for SyncBatchNorm would silently change the model.
+    a bnlab batch-norm class qualifies when it keeps the base ``_batch_norm``. Variants
+    that override it (ghost batches, batch renorm) normalize differently, and swapping
+    them for SyncBatchNorm would silently change the model.
     """
     if isinstance(module, _BatchNorm):
-        cls = type(module)
-        return cls.forward is _BatchNorm.forward and cls._batch_norm is _BatchNorm._batch_norm
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+        return type(module)._batch_norm is _BatchNorm._batch_norm
+    return True
 
 
-def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
-    """A SyncBatchNorm that takes over ``bn``'s configuration, parameters and buffers."""
+def _to_sync(bn: Any, group: dist.ProcessGroup | None, act: bool) -> SyncBatchNorm:
+    """A SyncBatchNorm (with ``act``, a :class:`SyncBatchNormAct` keeping ``bn``'s drop and
+    act modules) that takes over ``bn``'s configuration, parameters and buffers."""
     ref = bn.weight if bn.weight is not None else bn.running_mean
-    new = SyncBatchNorm(
+    tail = {"act": bn.act, "drop": bn.drop} if act else {}
+    new = (SyncBatchNormAct if act else SyncBatchNorm)(
         bn.num_features,
         bn.eps,
         bn.momentum,
@@ -421,6 +480,7 @@ def _to_sync(bn: Any, group: dist.ProcessGroup | None) -> SyncBatchNorm:
         dtype=None if ref is None else ref.dtype,
         bias=bn.bias is not None or not bn.affine,
         backend=getattr(bn, "backend", "auto"),
+        **tail,
     )
     # The same Parameter and buffer objects (as torch's converter): optimizers keep working.
     if bn.affine:

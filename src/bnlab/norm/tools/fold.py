@@ -15,6 +15,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor, nn
 
+from bnlab.norm.layers.act import anatomy, unknown_subclass
 from bnlab.norm.layers.modules import BATCH_NORM_TYPES
 from bnlab.norm.tools.graph import FoldWarning, RewriteReport, find_pairs
 
@@ -157,12 +158,16 @@ def fold_bn(
     consumer of the layer's output, wherever the two are called (``nn.Sequential``, a
     custom ``forward``, a residual block). A model FX cannot trace falls back to adjacent
     children of ``nn.Sequential``. Folded BN layers become ``nn.Identity`` (names, indices
-    and the model's class and ``forward`` are kept); the layer
+    and the model's class and ``forward`` are kept); a batch norm + activation layer
+    (timm's or bnlab's ``BatchNormAct2d``) becomes its activation (after its dropout
+    module, if that is not an identity); the layer
     gets ``weight' = weight * s`` and ``bias' = (bias - mean) * s + beta`` with
     ``s = gamma / sqrt(var + eps)`` (:func:`fold_bn_weights`), and a bias if it had none.
-    BN layers without population statistics, BN after a ReLU or an addition, and layers
-    used more than once are left, each with its reason in the report; a
-    :class:`FoldWarning` lists them. Works for ``torch.nn`` and bnlab BN layers.
+    BN layers without population statistics, BN after a ReLU or an addition, layers
+    used more than once, and batch-norm subclasses that override ``forward`` in a way
+    bnlab does not know (:func:`~bnlab.norm.layers.act.anatomy`) are left, each with its
+    reason in the report; a :class:`FoldWarning` lists them. Works for ``torch.nn``,
+    timm and bnlab BN layers.
 
     The input model is not changed (the result is a deep copy).
 
@@ -204,13 +209,15 @@ def fold_bn(
     )
     for pair in pairs:
         layer, bn = folded.get_submodule(pair.first), folded.get_submodule(pair.second)
-        why = _why_not(layer, bn)
-        if why:
+        shape = anatomy(bn)
+        why = unknown_subclass(bn) if shape is None else _why_not(layer, bn)
+        if why or shape is None:
             report.left[pair.second] = why
             continue
         _fold_pair(layer, bn)
-        folded.set_submodule(pair.second, nn.Identity())
-        report.done.append(f"{pair.first} <- {pair.second}")
+        folded.set_submodule(pair.second, nn.Identity() if shape.tail is None else shape.tail)
+        kept = "" if shape.tail is None else f" (its {type(shape.tail).__name__} kept)"
+        report.done.append(f"{pair.first} <- {pair.second}{kept}")
     for name, m in folded.named_modules():
         if isinstance(m, BATCH_NORM_TYPES) and name not in report.left:
             report.left[name] = (

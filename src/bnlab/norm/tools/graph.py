@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnlab.norm.layers.act import RewriteWarning
+
 __all__ = ["FoldWarning", "Pair", "RewriteReport", "find_pairs"]
 
 #: Functions and methods that are a ReLU when they follow a layer.
@@ -25,8 +27,8 @@ _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, torch.nn.functional.relu)
 _RELU_METHODS = ("relu", "relu_")
 
 
-class FoldWarning(UserWarning):
-    """A model transform (fold, fuse) left some layers as they were; the text says why."""
+class FoldWarning(RewriteWarning):
+    """``fold_bn`` left some layers as they were; the text says why."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class RewriteReport:
     """What a model transform did: each change, and each candidate left alone with why.
 
     Attributes:
-        transform: ``"fold_bn"`` or ``"fuse_bn_relu"``.
+        transform: the rewrite's name (``"fold_bn"``).
         done: one line per change (e.g. ``"conv1 <- bn1"``).
         left: layer name -> why it was left as it was.
         traced: False when FX could not trace the model (then ``fallback`` says why, and

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 from torch.ao.quantization import fuser_method_mappings
 
+from bnlab.norm.layers.act import anatomy, unknown_subclass, warn_left
 from bnlab.norm.layers.modules import (
     BatchNorm1d,
     BatchNorm2d,
@@ -72,7 +73,11 @@ def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:
 
     The new layers keep the configuration, train/eval mode, and the very Parameter and
     buffer objects of the old ones (an optimizer built before keeps working); ``module``
-    itself keeps its layers. Other modules are copied as they are.
+    itself keeps its layers. Other modules are copied as they are. timm's
+    ``BatchNormAct2d`` becomes :class:`~bnlab.norm.layers.act.BatchNormAct2d` with the
+    same ``drop`` and ``act`` modules. Any other batch-norm subclass (one that overrides
+    ``forward``, or torch's ``SyncBatchNorm``) is left as it is, and a
+    :class:`~bnlab.norm.layers.act.RewriteWarning` names it.
 
     Args:
         module: a model, or a single batch-norm layer.
@@ -89,17 +94,35 @@ def convert_batchnorm(module: nn.Module, **kwargs: Any) -> nn.Module:
     shared: dict[int, Any] = {
         id(t): t for t in itertools.chain(module.parameters(), module.buffers())
     }
-    return _convert(copy.deepcopy(module, shared), kwargs)
+    left: dict[str, str] = {}
+    converted = _convert(copy.deepcopy(module, shared), kwargs, left)
+    warn_left("convert_batchnorm", left)
+    return converted
 
 
-def _convert(module: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
+def _convert(
+    module: nn.Module, kwargs: dict[str, Any], left: dict[str, str], name: str = ""
+) -> nn.Module:
+    """Swap the layers of an already copied tree (in place; returns the root)."""
     cls = BNLAB_CLASS.get(type(module))
     if cls is not None:
         return as_torch_batch_norm(module, cls, **kwargs)  # type: ignore[arg-type]
-    for name, child in module.named_children():
-        new = _convert(child, kwargs)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _BatchNorm):
+        shape = anatomy(module)
+        if shape is not None and shape.act_class is not None:
+            tail = {"act": module.act, "drop": module.drop}
+            return as_torch_batch_norm(module, shape.act_class, **tail, **kwargs)  # type: ignore[arg-type]
+        left[name] = (
+            unknown_subclass(module)
+            if shape is None
+            else f"{type(module).__name__} is another kind of batch norm (synchronized layers: "
+            "bnlab.convert_sync_batchnorm)"
+        )
+        return module
+    for child_name, child in module.named_children():
+        new = _convert(child, kwargs, left, f"{name}.{child_name}" if name else child_name)
         if new is not child:
-            module.add_module(name, new)
+            module.add_module(child_name, new)
     return module
 
 

@@ -44,7 +44,10 @@ _MIN_SEGMENT = 4096
 _MAX_SLICE = 512 * 1024
 
 
-_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_NUMPY_DTYPE: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+}
 
 
 class _Memory:
