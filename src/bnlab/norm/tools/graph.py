@@ -1,10 +1,10 @@
 """Where a model's layers feed each other, read from its ``torch.fx`` graph.
 
 :func:`find_pairs` lists the (producer, consumer) module pairs that model transforms
-rewrite (conv/linear -> BN for folding, BN -> ReLU for fusion) wherever they occur:
-inside ``nn.Sequential``, in a custom ``forward``, across residual blocks, with a
-functional ReLU. A model FX cannot trace (data-dependent control flow) falls back to
-adjacent children of ``nn.Sequential``, and the reason is reported.
+rewrite (conv/linear -> BN for folding) wherever they occur: inside ``nn.Sequential``,
+in a custom ``forward``, across residual blocks. A model FX cannot trace (data-dependent
+control flow) falls back to adjacent children of ``nn.Sequential``, and the reason is
+reported.
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norm.layers.act import RewriteWarning
 
 __all__ = ["FoldWarning", "Pair", "RewriteReport", "find_pairs"]
-
-#: Functions and methods that are a ReLU when they follow a layer.
-_RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, torch.nn.functional.relu)
-_RELU_METHODS = ("relu", "relu_")
 
 
 class FoldWarning(RewriteWarning):
@@ -37,16 +32,11 @@ class Pair:
 
     Attributes:
         first: qualified name of the producing module.
-        second: qualified name of the consuming module, or ``""`` when the consumer is a
-            function (``F.relu``, ``x.relu()``): then ``kind`` says which.
-        kind: ``"module"`` or ``"function"``.
-        shared: the consuming module is also called elsewhere in the model.
+        second: qualified name of the consuming module.
     """
 
     first: str
     second: str
-    kind: str = "module"
-    shared: bool = False
 
 
 @dataclass
@@ -87,21 +77,10 @@ class _Tracer(torch.fx.Tracer):
         return self._leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
 
-def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """``"module"`` / ``"function"`` when ``node`` applies a ReLU, else None."""
-    if node.op == "call_module" and type(modules.get(str(node.target))) is nn.ReLU:
-        return "module"
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        return "function"
-    if node.op == "call_method" and node.target in _RELU_METHODS:
-        return "function"
-    return None
-
-
 def find_pairs(
     model: nn.Module,
     first: Callable[[nn.Module], bool],
-    second: Callable[[nn.Module], bool] | str,
+    second: Callable[[nn.Module], bool],
     report: RewriteReport,
 ) -> list[Pair]:
     """The pairs ``first -> second`` in ``model`` where ``second`` is ``first``'s only consumer.
@@ -109,8 +88,7 @@ def find_pairs(
     Args:
         model: the model to read (not changed).
         first: which modules produce (e.g. conv/linear, or batch norm).
-        second: which modules consume (a predicate), or ``"relu"`` for a ReLU module,
-            ``F.relu``/``torch.relu`` or ``Tensor.relu``.
+        second: which modules consume (e.g. batch norm).
         report: gets ``traced``/``fallback`` set when FX cannot trace the model.
 
     Each module of a pair is called exactly once in the model (a shared layer would change
@@ -119,7 +97,7 @@ def find_pairs(
     """
 
     def leaf(m: nn.Module) -> bool:
-        return first(m) or (callable(second) and second(m))
+        return first(m) or second(m)
 
     try:
         graph = _Tracer(leaf).trace(model)
@@ -136,16 +114,9 @@ def find_pairs(
         if calls[str(node.target)] != 1 or len(node.users) != 1:
             continue
         (user,) = node.users
-        if second == "relu":
-            kind = _is_relu(user, modules)
-            if kind is None:
-                continue
-            name = str(user.target) if kind == "module" else ""
-            shared = kind == "module" and calls[name] > 1
-            pairs.append(Pair(str(node.target), name, kind, shared))
-        elif (
+        if (
             user.op == "call_module"
-            and second(modules[str(user.target)])  # type: ignore[operator]
+            and second(modules[str(user.target)])
             and user.args
             and user.args[0] is node
             and calls[str(user.target)] == 1
@@ -157,7 +128,7 @@ def find_pairs(
 def _sequential_pairs(
     model: nn.Module,
     first: Callable[[nn.Module], bool],
-    second: Callable[[nn.Module], bool] | str,
+    second: Callable[[nn.Module], bool],
 ) -> list[Pair]:
     """Adjacent ``(first, second)`` children of every ``nn.Sequential`` (the fallback)."""
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
@@ -169,8 +140,7 @@ def _sequential_pairs(
             (name_a, mod_a), (name_b, mod_b) = a, b
             if mod_a is None or mod_b is None or not first(mod_a):
                 continue
-            matches = type(mod_b) is nn.ReLU if second == "relu" else second(mod_b)  # type: ignore[operator]
-            if matches and uses[id(mod_a)] == 1 and uses[id(mod_b)] == 1:
+            if second(mod_b) and uses[id(mod_a)] == 1 and uses[id(mod_b)] == 1:
                 dot = f"{prefix}." if prefix else ""
                 pairs.append(Pair(dot + name_a, dot + name_b))
     return pairs
