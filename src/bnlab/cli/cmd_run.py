@@ -174,7 +174,7 @@ def summary_text(spec: Any, runs_dir: Path, variants: list[str] | None = None) -
     from bnlab.report.render import render_text_table
     from bnlab.report.results import ExperimentResults, load_results
 
-    results = load_results(runs_dir).get(spec.name, ExperimentResults(spec.name))
+    results = load_results(runs_dir, {spec.name: spec}).get(spec.name, ExperimentResults(spec.name))
     names = variants or list(spec.variant_names())
     table = metric_table(spec, results, names)
     return render_text_table(table) if table is not None else "(no finished runs)"

@@ -8,6 +8,7 @@ inside ``run`` so that ``bnlab --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``bnlab COMMAND: error: ...`` and gives exit status 2; ``--debug`` or ``BNLAB_DEBUG=1``
     prints the traceback too. Other exceptions are bugs and keep their traceback.
     """
+    _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
@@ -115,6 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + signum
         print(f"bnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _tolerant_output() -> None:
+    """Never fail on printing a path: a file name that is not UTF-8 (``--out $'runs-\\xff'``)
+    reaches Python as a lone surrogate, which a strict stdout refuses to encode; it is
+    printed as ``\\udcff`` instead (stderr does so by default)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def _one_line(text: str) -> str:

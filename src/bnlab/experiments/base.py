@@ -152,6 +152,30 @@ def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
         raise ConfigError(f"{shown}: {exc}") from None
 
 
+def _json_type_mismatch(default: Any, value: Any) -> str | None:
+    """Why ``value`` (read from JSON) cannot be a value of a config field whose default is
+    ``default``; ``None`` when it can (a float field may hold an integer; a tuple is a
+    list in JSON; a field defaulting to None is not checked)."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple | list):
+        ok = isinstance(value, list)
+    else:
+        return None
+    if ok:
+        return None
+    shown = json.dumps(value)[:40] if value is None or isinstance(value, int | float | str) else ""
+    return f"expected {type(default).__name__}, found {type(value).__name__} {shown}".rstrip()
+
+
 def check_config(config: Any) -> None:
     """Checks every experiment's config passes besides its own ``__post_init__``.
 
@@ -303,6 +327,44 @@ class ExperimentSpec(Generic[C, D]):
         config = apply_overrides(config, overrides or {})
         check_config(config)
         return config
+
+    def stored_config_problem(self, stored: Mapping[str, Any]) -> str | None:
+        """What is wrong with a run's ``config.json`` (``stored``, already of the right
+        shape: see :data:`bnlab.train.runfiles.CONFIG`) as a config of this experiment;
+        ``None`` when nothing is, or when it cannot be judged (a variant this bnlab does
+        not know).
+
+        Two checks: every field this experiment's config has holds a value of that field's
+        type (fields of other bnlab versions are left alone), and ``quick: false`` is not
+        paired with the ``--quick`` sizes (an edited flag would have the report judge a
+        --quick run as a full one): of the fields :attr:`quick` changes, more hold the
+        quick value than the full one.
+        """
+        variant = self.variants.get(str(stored.get("variant")))
+        values = stored.get("config")
+        if variant is None or not isinstance(values, Mapping):
+            return None
+        base = variant.config
+        for f in dataclasses.fields(base):  # type: ignore[arg-type]
+            if f.name not in values:
+                continue
+            reason = _json_type_mismatch(getattr(base, f.name), values[f.name])
+            if reason is not None:
+                return f"config.{f.name}: {reason}"
+        if stored.get("quick") is not False:
+            return None
+        seeded = dataclasses.replace(base, seed=0)  # type: ignore[type-var]
+        full, quick = config_to_dict(seeded), config_to_dict(self.quick(seeded))
+        changed = [k for k in full if k != "seed" and full[k] != quick[k] and k in values]
+        as_quick = [k for k in changed if values[k] == quick[k]]
+        as_full = [k for k in changed if values[k] == full[k]]
+        if len(as_quick) > len(as_full):
+            sizes = ", ".join(f"{k} {values[k]}" for k in as_quick[:4])
+            return (
+                f"says quick: false, but its config has the --quick sizes ({sizes}): the flag "
+                "was edited; rerun it with --quick or without, or remove it"
+            )
+        return None
 
 
 def load_mnist_data(data_dir: Path | None, progress: bool) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import os
 import shutil
 import sys
 import time
@@ -310,42 +311,15 @@ def _prepare(
     # Process-wide, once, before env.json records it: glibc keeps freed memory for reuse,
     # so a step's fresh activations do not page-fault (train/memory.py).
     keep_freed_memory()
-    variant, seed, quick = resolved["variant"], resolved["seed"], resolved["quick"]
     t0 = time.perf_counter()
-    if run.config_path.is_file() and restart:
-        if is_main:
+    if restart:
+        if is_main and run.path.is_dir():
             shutil.rmtree(run.path)
-    elif run.config_path.is_file():
-        try:
-            stored = run.read_config()
-        except ValueError as exc:
-            raise _conflict(run, f"an unreadable config ({exc})") from None
-        same_dp = stored.get("data_parallel", {}) == resolved.get("data_parallel", {})
-        same = stored.get("config") == resolved["config"] and stored.get("quick") == quick
-        if not (same and same_dp):
-            diff = _differences(stored.get("config", {}), resolved["config"])
-            if not same_dp:
-                diff.insert(
-                    0,
-                    f"data_parallel: {stored.get('data_parallel', {})!r} -> "
-                    f"{resolved.get('data_parallel', {})!r}",
-                )
-            if stored.get("quick") != quick:
-                diff.insert(0, f"quick: {stored.get('quick')!r} -> {quick!r}")
-            raise _conflict(run, f"another configuration ({'; '.join(diff[:6])})")
-        other_data = _check_data(run, provenance)
-        if other_data is not None:
-            raise _conflict(run, f"other data: {other_data}")
-        if run.is_complete:
-            try:
-                result = run.read_result()
-            except ValueError as exc:
-                raise _conflict(run, f"an unreadable result ({exc})") from None
-            note = "" if run.data_path.is_file() else " (its data were not recorded)"
-            log(f"{run.path}: already finished, skipped{note} (--restart to train again)")
-            return RunOutcome(
-                spec.name, variant, seed, run.path, "skipped", dict(result.get("metrics", {}))
-            )
+    elif run.path.is_dir():
+        _check_run_files(run)
+        finished = _stored_run(spec, run, resolved, provenance, log)
+        if finished is not None:
+            return finished
 
     sessions = 1
     if is_main:
@@ -369,6 +343,76 @@ def _prepare(
             run.write_json(RunDir.CONFIG, resolved)
         run.failed_path.unlink(missing_ok=True)
     return _Started(run, config, resolved, sessions, t0)
+
+
+def _stored_run(
+    spec: ExperimentSpec[Any, Any],
+    run: RunDir,
+    resolved: dict[str, Any],
+    provenance: dict[str, Any],
+    log: Log,
+) -> RunOutcome | None:
+    """Compare what ``run`` holds with the run asked for: refuse another config or other
+    data (:class:`RunConflictError`), skip a finished run (its outcome returned); ``None``
+    when there is nothing, or an unfinished run of the same config, to go on with."""
+    if not run.config_path.is_file():
+        return None
+    try:
+        stored = run.read_config()
+    except ValueError as exc:
+        raise _conflict(run, f"an unreadable config ({exc})") from None
+    quick = resolved["quick"]
+    same_dp = stored.get("data_parallel", {}) == resolved.get("data_parallel", {})
+    same = stored["config"] == resolved["config"] and stored["quick"] == quick
+    if not (same and same_dp):
+        diff = _differences(stored["config"], resolved["config"])
+        if not same_dp:
+            diff.insert(
+                0,
+                f"data_parallel: {stored.get('data_parallel', {})!r} -> "
+                f"{resolved.get('data_parallel', {})!r}",
+            )
+        if stored["quick"] != quick:
+            diff.insert(0, f"quick: {stored['quick']!r} -> {quick!r}")
+        raise _conflict(run, f"another configuration ({'; '.join(diff[:6])})")
+    other_data = _check_data(run, provenance)
+    if other_data is not None:
+        raise _conflict(run, f"other data: {other_data}")
+    if not run.is_complete:
+        return None
+    try:
+        result = run.read_result()
+    except ValueError as exc:
+        raise _conflict(run, f"an unreadable result ({exc})") from None
+    note = "" if run.data_path.is_file() else " (its data were not recorded)"
+    log(f"{run.path}: already finished, skipped{note} (--restart to train again)")
+    variant, seed = resolved["variant"], resolved["seed"]
+    return RunOutcome(spec.name, variant, seed, run.path, "skipped", dict(result["metrics"]))
+
+
+def _check_run_files(run: RunDir) -> None:
+    """Refuse a run directory bnlab would hang on or misread: a run file that is not a
+    regular file (a FIFO blocks the append, a device never ends), or the files of a
+    started run without its ``config.json`` (only ``data.json`` and ``env.json`` come
+    before it)."""
+    irregular = run.irregular_files()
+    if irregular:
+        raise RunFilesError(
+            f"{'; '.join(irregular)} (bnlab neither reads nor appends to such a file); pass "
+            "--restart to train this run again, or --out DIR to train elsewhere"
+        )
+    if run.config_path.exists():
+        return
+    started = [
+        name
+        for name in (RunDir.METRICS, RunDir.RESULT, RunDir.FAILED, RunDir.CHECKPOINTS)
+        if os.path.lexists(run.path / name)
+    ]
+    if started:
+        raise RunFilesError(
+            f"{run.path} holds {', '.join(started)} but no {RunDir.CONFIG}: the files of a run "
+            "that cannot say what it was; pass --restart to train this run again, or --out DIR"
+        )
 
 
 def _clean(run: RunDir, log: Log) -> None:

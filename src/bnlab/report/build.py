@@ -311,7 +311,7 @@ def build_document(
     but not registered get generic tables.
     """
     root = Path(runs_dir)
-    all_results = load_results(root)
+    all_results = load_results(root, experiments)
     names = list(experiments) + [n for n in all_results if n not in experiments]
     sections: list[Section] = []
     claim_rows: list[ClaimRow] = []
@@ -384,6 +384,26 @@ def build_document(
     return Document(title, intro, sections)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8 text: a byte a path held that is not UTF-8 (which Python
+    keeps as a lone surrogate, e.g. ``--out $'runs-\\xff'``) becomes U+FFFD.
+
+    >>> printable("runs-\\udcff/deep-cnn")
+    'runs-\ufffd/deep-cnn'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _printable_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_data(v) for v in value]
+    return value
+
+
 def build_report(
     runs_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -410,7 +430,8 @@ def build_report(
             links[id(figure)] = f"report-figures/{path.name}"
             written.append(path)
     html_path, md_path, json_path = out / "report.html", out / "report.md", out / "report.json"
-    write_text_atomic(html_path, render_html(doc))
-    write_text_atomic(md_path, render_markdown(doc, links))
-    write_text_atomic(json_path, to_json({"title": doc.title, "tables": doc.tables()}))
+    write_text_atomic(html_path, printable(render_html(doc)))
+    write_text_atomic(md_path, printable(render_markdown(doc, links)))
+    tables = [_printable_data(table) for table in doc.tables()]
+    write_text_atomic(json_path, to_json({"title": doc.title, "tables": tables}))
     return ReportFiles(html_path, md_path, json_path, tuple(written))

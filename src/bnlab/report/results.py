@@ -3,23 +3,29 @@
 This is all the report knows about training: ``runs/<experiment>/<variant>/seed-<k>/``
 with ``config.json``, ``env.json``, ``data.json``, ``metrics.jsonl`` and (when finished)
 ``result.json``, plus ``runs/<experiment>/not-run.json`` for an experiment that could not
-start. A run whose files cannot be read is kept with status ``"corrupt"`` and the reason
-(never dropped, never fatal for the others); a torn last line of a log is skipped.
+start. Every file is read through the schema of :mod:`bnlab.train.runfiles` (regular files
+only, a size cap, checked shapes). A run whose files cannot be read or trusted is kept with
+status ``"corrupt"`` and the reason (never dropped, never counted, never fatal for the
+others): a file of the wrong shape, a missing ``config.json``, a copy under another seed
+directory, an edited ``quick`` flag. A torn last line of a log is skipped.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnlab.report.stats import Summary, summarize
-from bnlab.train.io import read_json
 from bnlab.train.metrics import Record, read_metrics
 from bnlab.train.rundir import RunDir
+from bnlab.train.runfiles import NOT_RUN as NOT_RUN_FILE
+from bnlab.train.runfiles import read_document
 
 __all__ = ["NOT_RUN", "ExperimentResults", "RunRecord", "load_results"]
 
@@ -238,17 +244,44 @@ def _moving_average(series: dict[int, float], window: int) -> dict[int, float]:
     }
 
 
-def _read_run(path: Path) -> RunRecord | None:
-    """The run in ``path``; ``None`` only when it holds no ``config.json`` (not a run)."""
+#: Files a run directory holds before its ``config.json`` (the runner writes them first): a
+#: directory with nothing else was stopped before it started.
+_BEFORE_CONFIG = frozenset({RunDir.DATA, RunDir.ENV})
+
+
+def _identity_problem(config: dict[str, Any], experiment: str, label: str, seed: int) -> str:
+    """Why ``config.json`` names another run than the directory it lies in ("" if none)."""
+    named = (config["experiment"], config["variant"], config["seed"])
+    variant = str(config["variant"])
+    same_variant = label == variant or label.startswith(f"{variant}@")  # bn@2proc-syncbn
+    if config["experiment"] == experiment and same_variant and config["seed"] == seed:
+        return ""
+    return (
+        f"{RunDir.CONFIG}: names the run {named[0]}/{named[1]}/seed-{named[2]}, but it lies "
+        f"in {experiment}/{label}/seed-{seed} (copied or moved): move it back or remove it"
+    )
+
+
+def _read_run(path: Path, experiment: str, label: str, spec: Any | None = None) -> RunRecord | None:
+    """The run in ``path`` (``experiment/label/seed-<k>``); ``None`` only for a directory
+    that holds nothing of a run.
+
+    Every file goes through the schema of :mod:`bnlab.train.runfiles` (bounded reads of
+    regular files, checked shapes). A run whose files cannot be trusted is kept with its
+    :attr:`RunRecord.problem`: a file of the wrong shape, a ``config.json`` that is missing
+    beside other run files or that names another run than its directory (a copy), a
+    directory name bnlab does not write (``seed-00``), or a config the experiment's spec
+    finds inconsistent (``spec.stored_config_problem``, e.g. ``quick: false`` edited into
+    a ``--quick`` run).
+    """
     run = RunDir(path)
-    if not run.config_path.is_file():
-        return None
     match = _SEED_DIR.match(path.name)
+    seed = int(match.group(1)) if match else 0
     record = RunRecord(
         path=path,
-        experiment=path.parent.parent.name,
-        variant=path.parent.name,
-        seed=int(match.group(1)) if match else 0,
+        experiment=experiment,
+        variant=label,
+        seed=seed,
         config={},
         quick=False,
         env={},
@@ -256,18 +289,43 @@ def _read_run(path: Path) -> RunRecord | None:
         failure=None,
     )
     problems = []
+    if path.name != f"seed-{seed}":
+        problems.append(
+            f"{path.name}: not a run directory name bnlab writes (seed-{seed}); a copy of "
+            f"seed-{seed} would count it twice: rename or remove it"
+        )
     try:
-        config = run.read_config()
-    except (ValueError, OSError) as exc:
-        problems.append(str(exc))
+        entries = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    except OSError as exc:
+        entries = set()
+        problems.append(f"cannot list the directory ({exc.strerror or exc})")
+    config: dict[str, Any] | None = None
+    if not os.path.lexists(run.config_path):
+        if not entries - _BEFORE_CONFIG and not problems:
+            return None if not entries else record  # stopped before it started: incomplete
+        problems.append(
+            f"{run.config_path}: expected a file, found none beside the run's other files "
+            f"({', '.join(sorted(entries - _BEFORE_CONFIG))})"
+        )
     else:
-        record.experiment = str(config.get("experiment", record.experiment))
-        record.variant = str(config.get("variant", record.variant))
-        record.seed = int(config.get("seed", record.seed))
-        record.config = dict(config.get("config", {}))
-        record.quick = bool(config.get("quick", False))
+        try:
+            config = run.read_config()
+        except (ValueError, OSError) as exc:
+            problems.append(str(exc))
+    if config is not None:
+        record.variant = config["variant"]
+        record.seed = config["seed"]
+        record.config = dict(config["config"])
+        record.quick = config["quick"]
+        identity = _identity_problem(config, experiment, label, seed)
+        if identity:
+            problems.append(identity)
+        check = getattr(spec, "stored_config_problem", None)
+        reason = check(config) if callable(check) and not identity else None
+        if reason:
+            problems.append(f"{run.config_path}: {reason}")
     readers: tuple[tuple[str, Any], ...] = (
-        ("result", run.read_result if run.is_complete else lambda: None),
+        ("result", run.read_result if os.path.lexists(run.result_path) else lambda: None),
         ("failure", run.read_failure),
         ("env", run.read_env),
         ("data", run.read_data),
@@ -282,8 +340,15 @@ def _read_run(path: Path) -> RunRecord | None:
     return record
 
 
-def load_results(runs_dir: str | Path) -> dict[str, ExperimentResults]:
+def load_results(
+    runs_dir: str | Path, experiments: Mapping[str, Any] | None = None
+) -> dict[str, ExperimentResults]:
     """Read every experiment under ``runs_dir``; return them by name (sorted).
+
+    Args:
+        experiments: the registered specs by name (optional): a spec with a
+            ``stored_config_problem(config_json) -> str | None`` method judges each run's
+            ``config.json`` against the experiment's own configs (see :func:`_read_run`).
 
     Raises:
         FileNotFoundError: ``runs_dir`` is not a directory.
@@ -291,20 +356,22 @@ def load_results(runs_dir: str | Path) -> dict[str, ExperimentResults]:
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: expected a runs directory (bnlab run --out), found none")
+    specs = experiments or {}
     found: dict[str, ExperimentResults] = {}
     for exp_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         results = ExperimentResults(exp_dir.name)
         not_run = exp_dir / NOT_RUN
-        if not_run.is_file():
-            try:
-                results.not_run = dict(read_json(not_run))
-            except ValueError:
-                results.not_run = {"reason": f"{not_run} is unreadable"}
+        try:
+            results.not_run = read_document(not_run, NOT_RUN_FILE)
+        except (ValueError, OSError) as exc:
+            results.not_run = {"reason": f"{not_run} is unreadable ({exc})"}
         for variant_dir in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
             seed_dirs = [p for p in variant_dir.iterdir() if p.is_dir() and _SEED_DIR.match(p.name)]
-            runs = [r for r in (_read_run(p) for p in seed_dirs) if r is not None]
-            if runs:
-                results.runs[variant_dir.name] = sorted(runs, key=lambda r: r.seed)
+            spec = specs.get(exp_dir.name)
+            runs = [_read_run(p, exp_dir.name, variant_dir.name, spec) for p in seed_dirs]
+            kept = [r for r in runs if r is not None]
+            if kept:
+                results.runs[variant_dir.name] = sorted(kept, key=lambda r: (r.seed, r.path.name))
         if results.runs or results.not_run is not None:
             found[exp_dir.name] = results
     return found

@@ -51,9 +51,9 @@ _KEPT_INTRO = ("Experiments", "All claims")
 _KEPT_SECTION = ("Claims", "Final metrics")
 
 
-def _provenance(runs_dir: Path) -> dict[str, Any]:
+def _provenance(runs_dir: Path, experiments: Mapping[str, Reportable]) -> dict[str, Any]:
     """Where the runs were made: revisions, versions and thread counts, with run counts."""
-    results = load_results(runs_dir)
+    results = load_results(runs_dir, experiments)
     revisions: dict[str, int] = {}
     versions: dict[str, int] = {}
     complete = 0
@@ -90,7 +90,7 @@ def build_summary(runs_dir: str | Path, experiments: Mapping[str, Reportable]) -
     root = Path(runs_dir)
     quick = [
         str(run.path)
-        for experiment in load_results(root).values()
+        for experiment in load_results(root, experiments).values()
         for run in experiment.all_runs()
         if run.quick
     ]
@@ -107,7 +107,7 @@ def build_summary(runs_dir: str | Path, experiments: Mapping[str, Reportable]) -
         kept = _KEPT_INTRO if where == "intro" else _KEPT_SECTION
         if any(caption.startswith(k) for k in kept):
             tables.append(table)
-    return {"provenance": _provenance(root), "tables": [*tables, _reference_table()]}
+    return {"provenance": _provenance(root, experiments), "tables": [*tables, _reference_table()]}
 
 
 def _reference_table() -> dict[str, Any]:

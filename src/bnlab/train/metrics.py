@@ -17,7 +17,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bnlab.train.runfiles import (
+    MAX_LOG_BYTES,
+    RunFileError,
+    check_record,
+    file_kind,
+    read_bounded,
+)
+
 Record = dict[str, Any]
+NEWLINE = b"\n"
 
 
 def _encode(record: Mapping[str, Any]) -> str:
@@ -73,6 +82,9 @@ class MetricsLog:
         """
         if self.path is None:
             return 0
+        kind = file_kind(self.path)
+        if kind is not None:  # opening a FIFO to append would block until a reader came
+            raise RunFileError(self.path, f"expected a regular file, found {kind}")
         if self._pending:
             # One write per chunk: a kill mid-write can tear at most the last line, which the
             # reader drops and a resume truncates away.
@@ -110,17 +122,29 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[Record]:
     """Read ``metrics.jsonl``; return its records in file order.
 
-    A torn last line (a process killed mid-write) is skipped with a warning. If a record
-    appears more than once for the same ``(phase, tag, step)`` (a phase re-run after a crash
-    between phases), the last one wins and keeps the position of the first.
+    The read is bounded (a regular file of at most
+    :data:`~bnlab.train.runfiles.MAX_LOG_BYTES`), and every line must be a record: a JSON
+    object with a string ``tag`` and a non-negative integer ``step``
+    (:func:`~bnlab.train.runfiles.check_record`). A torn last line (a process killed
+    mid-write: not JSON) is skipped with a warning. If a record appears more than once for
+    the same ``(phase, tag, step)`` (a phase re-run after a crash between phases), the last
+    one wins and keeps the position of the first.
 
     Raises:
-        ValueError: a line other than the last is not valid JSON (the file is corrupt).
+        RunFileError: (a ``ValueError``) not a regular file, too large, not UTF-8, or a
+            line other than a torn last one that is not a record (the file is corrupt).
     """
     path = Path(path)
-    if not path.exists():
+    data = read_bounded(path, MAX_LOG_BYTES)
+    if data is None:
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"{path}:{data.count(NEWLINE, 0, exc.start) + 1}"
+        found = f"byte {data[exc.start]:#04x}"
+        raise RunFileError(where, f"expected UTF-8 text, found {found}") from None
+    lines = text.split("\n")
     out: dict[tuple[Any, ...], Record] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -131,10 +155,15 @@ def read_metrics(path: str | Path) -> list[Record]:
             if number >= len(lines) - 1:
                 warnings.warn(f"{path}: skipping a torn last line ({exc})", stacklevel=2)
                 continue
-            raise ValueError(
-                f"{path}:{number}: expected a JSON record, found {line[:80]!r}"
-            ) from exc
-        key = (record.get("phase"), record.get("tag"), record.get("step"))
+            raise RunFileError(
+                f"{path}:{number}", f"expected a JSON record, found {line[:80]!r}"
+            ) from None
+        except (RecursionError, ValueError) as exc:
+            raise RunFileError(f"{path}:{number}", f"expected a JSON record ({exc})") from None
+        reason = check_record(record)
+        if reason is not None:
+            raise RunFileError(f"{path}:{number}", f"expected a metrics record: {reason}")
+        key = (record.get("phase"), record["tag"], record["step"])
         out[key] = record
     return list(out.values())
 

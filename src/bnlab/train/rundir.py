@@ -15,8 +15,18 @@ from typing import Any
 
 from bnlab.train.checkpoint import Checkpoint
 from bnlab.train.errors import RunFilesError
-from bnlab.train.io import read_json, write_bytes_atomic, write_json_atomic
+from bnlab.train.io import write_bytes_atomic, write_json_atomic
 from bnlab.train.metrics import MetricsLog, Record, read_metrics
+from bnlab.train.runfiles import (
+    CONFIG,
+    DATA,
+    ENV,
+    FAILED,
+    RESULT,
+    RunFileError,
+    file_kind,
+    read_document,
+)
 
 
 class RunDir:
@@ -116,28 +126,36 @@ class RunDir:
         """Write ``result.json`` (final metrics plus ``info``): the completion marker, so last."""
         write_json_atomic(self.result_path, {"status": "complete", "metrics": metrics, **info})
 
-    # -- readers --------------------------------------------------------------------------
+    # -- readers ---------------------------------------------------------------------------
+    # Every reader goes through the schema of bnlab.train.runfiles: a bounded read of a
+    # regular file, checked for its shape; RunFileError (a ValueError) names the file and
+    # what was wrong.
     def read_config(self) -> dict[str, Any]:
-        """``config.json``.
+        """``config.json`` (:data:`~bnlab.train.runfiles.CONFIG`).
 
         Raises:
-            ValueError: invalid JSON or not an object (the message names the file).
+            RunFileError: missing, unreadable or of the wrong shape (the message names the
+                file).
         """
-        return _object(read_json(self.config_path), self.config_path)
+        return _required(read_document(self.config_path, CONFIG), self.config_path)
 
     def read_env(self) -> dict[str, Any]:
-        return _object(read_json(self.env_path), self.env_path) if self.env_path.is_file() else {}
+        """``env.json`` (``{}`` when absent)."""
+        return read_document(self.env_path, ENV) or {}
 
     def read_result(self) -> dict[str, Any]:
-        """``result.json``.
+        """``result.json`` (:data:`~bnlab.train.runfiles.RESULT`: ``status`` ``"complete"``,
+        ``metrics`` an object of numbers).
 
         Raises:
-            ValueError: invalid JSON or not an object (the message names the file).
+            RunFileError: missing, unreadable or of the wrong shape (the message names the
+                file).
         """
-        return _object(read_json(self.result_path), self.result_path)
+        return _required(read_document(self.result_path, RESULT), self.result_path)
 
     def read_failure(self) -> dict[str, Any] | None:
-        return dict(read_json(self.failed_path)) if self.failed_path.is_file() else None
+        """``failed.json`` (``None`` when absent)."""
+        return read_document(self.failed_path, FAILED)
 
     def read_metrics(self) -> list[Record]:
         return read_metrics(self.metrics_path)
@@ -145,7 +163,19 @@ class RunDir:
     def read_data(self) -> dict[str, Any] | None:
         """``data.json`` (the data the run read), or ``None`` for a run made before bnlab
         recorded it."""
-        return dict(read_json(self.data_path)) if self.data_path.is_file() else None
+        return read_document(self.data_path, DATA)
+
+    def irregular_files(self) -> list[str]:
+        """``"<path>: expected a regular file, found a FIFO"`` for each file of the run that
+        exists but is not a regular file (its JSON files and its log): reading a FIFO, or
+        appending to it, would block; a device may never end."""
+        names = (self.CONFIG, self.ENV, self.DATA, self.METRICS, self.RESULT, self.FAILED)
+        found = []
+        for name in names:
+            kind = file_kind(self.path / name)
+            if kind is not None:
+                found.append(f"{self.path / name}: expected a regular file, found {kind}")
+        return found
 
     # -- resuming -------------------------------------------------------------------------
     def remove_temporaries(self) -> list[Path]:
@@ -196,7 +226,7 @@ class RunDir:
         return size, offset
 
 
-def _object(value: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return dict(value)
+def _required(value: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    if value is None:
+        raise RunFileError(path, "expected a file, found none")
+    return value
