@@ -50,6 +50,17 @@ def _refused(cli: Cli, root: Path, *argv: str) -> str:
         (("learning_rate=nan",), "DeepCNNConfig.learning_rate must be a finite number; got nan"),
         (("seed=5",), "--set seed=5 is not allowed: each run's seed comes from --seeds K"),
         (("hidden=3",), "unknown field of DeepCNNConfig 'hidden'"),
+        (("checkpoint_every=-1",), "DeepCNNConfig.checkpoint_every must be >= 1; got -1"),
+        (("batch_size=1000000000",), "DeepCNNConfig.batch_size must be <= 60000; got 1000000000"),
+        (("filters_per_depth=0",), "DeepCNNConfig.filters_per_depth must be >= 1; got 0"),
+        (("dense_units=0",), "DeepCNNConfig.dense_units must be >= 1; got 0"),
+        (("bn_eps=0",), "DeepCNNConfig.bn_eps must be > 0; got 0.0"),
+        (("bn_eps=-1",), "DeepCNNConfig.bn_eps must be > 0; got -1.0"),
+        (("adam_eps=-1",), "DeepCNNConfig.adam_eps must be > 0; got -1.0"),
+        (("bn_decay=1",), "DeepCNNConfig.bn_decay must lie in (0, 1); got 1.0"),
+        (("norm=bm",), "DeepCNNConfig.norm must be one of bn, torch-bn, none"),
+        (("placement=up",), "DeepCNNConfig.placement must be one of bn-relu"),
+        (("num_threads=100000",), "DeepCNNConfig.num_threads must be <= 256; got 100000"),
     ],
 )
 def test_bad_config_values_are_refused_before_the_data_loads(
@@ -59,6 +70,31 @@ def test_bad_config_values_are_refused_before_the_data_loads(
     empty = tmp_path / "no-data"
     empty.mkdir()
     argv = ["run", "deep-cnn", *QUICK, "--seeds", "2", "--out", str(tmp_path / "runs")]
+    argv += [a for s in sets for a in ("--set", s)]
+    line = _refused(cli, tmp_path, *argv, "--data-dir", str(empty))
+    assert expected in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "sets", "expected"),
+    [
+        ("sigmoid-mlp", ("pop_decay=1",), "SigmoidMLPConfig.pop_decay must lie in (0, 1)"),
+        ("sigmoid-mlp", ("checkpoint_every=0",), "SigmoidMLPConfig.checkpoint_every must be >="),
+        ("mlp-solver", ("activation=gelu",), "MLPSolverConfig.activation must be one of relu"),
+        ("mlp-solver", ("adam_eps=0",), "MLPSolverConfig.adam_eps must be > 0"),
+        ("image-fcn", ("kernel_size=4",), "ImageFCNConfig.kernel_size must be odd"),
+        ("cifar-convnet", ("bn_eps=-1",), "CifarConvNetConfig.bn_eps must be > 0"),
+        ("renorm-small-batch", ("r_max=0.5",), "RenormConfig.r_max must be >= 1"),
+        ("precise-bn", ("bn_decay=0",), "PreciseBNConfig.bn_decay must lie in (0, 1)"),
+    ],
+)
+def test_every_experiments_config_is_checked_when_parsed(
+    cli: Cli, tmp_path: Path, experiment: str, sets: tuple[str, ...], expected: str
+) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    argv = ["run", experiment, *QUICK, "--out", str(tmp_path / "runs")]
     argv += [a for s in sets for a in ("--set", s)]
     line = _refused(cli, tmp_path, *argv, "--data-dir", str(empty))
     assert expected in line

@@ -29,6 +29,7 @@ __all__ = [
     "apply_overrides",
     "check_config",
     "config_to_dict",
+    "require",
 ]
 
 
@@ -176,30 +177,117 @@ def _json_type_mismatch(default: Any, value: Any) -> str | None:
     return f"expected {type(default).__name__}, found {type(value).__name__} {shown}".rstrip()
 
 
-def check_config(config: Any) -> None:
-    """Checks every experiment's config passes besides its own ``__post_init__``.
+#: The largest batch a config may ask for: more than any training split bnlab reads (MNIST
+#: 55,000 images, CIFAR-10 50,000), so a larger one is a typo (``batch_size=1000000000``
+#: would otherwise fail after the data load, or try to allocate terabytes).
+MAX_BATCH_SIZE = 60_000
+#: The most intra-op threads a run may ask for (``torch.set_num_threads`` takes any count).
+MAX_THREADS = 256
 
-    Every float field must be finite, and a field named ``learning_rate`` (or ending in
-    ``_learning_rate``) must be > 0: an optimizer refuses a negative rate only when it is
-    built, after the data loaded; NaN it accepts and trains on.
+
+def _name_rule(name: str) -> tuple[float, float | None, bool] | None:
+    """``(low, high, strict_low)`` that a field's name implies, or ``None``:
+    a learning rate and an epsilon (under a square root, or a divisor) must be > 0; an
+    interval (``*_every``: steps between events; ``0`` would divide by zero, a negative
+    one never fires) at least 1; a batch size within ``[1, MAX_BATCH_SIZE]``; threads
+    within ``[1, MAX_THREADS]``."""
+    if name == "learning_rate" or name.endswith("_learning_rate") or name.endswith("eps"):
+        return (0.0, None, True)
+    if name.endswith("_every"):
+        return (1, None, False)
+    if name == "batch_size" or name.endswith("_batch_size"):
+        return (1, MAX_BATCH_SIZE, False)
+    if name == "num_threads":
+        return (1, MAX_THREADS, False)
+    return None
+
+
+def _value_type_mismatch(default: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be a value of a field whose default is ``default`` (a config
+    built through the library API takes any object); ``None`` when it can."""
+    if isinstance(default, tuple):
+        return None if isinstance(value, tuple | list) else f"expected tuple, found {value!r}"
+    return _json_type_mismatch(default, value)
+
+
+def check_config(config: Any) -> None:
+    """Checks every experiment's config passes besides its own ``__post_init__`` (which
+    holds the checks particular to it).
+
+    Every field must hold a value of its default's type (``int``, not ``bool``; a float
+    field may hold an int); every float must be finite; and a field's name implies a
+    range (:func:`_name_rule`): a learning rate or an epsilon (``bn_eps``, ``adam_eps``)
+    > 0, an interval (``checkpoint_every``, ``log_every``, ...) >= 1, a batch size in
+    ``[1, MAX_BATCH_SIZE]``, ``num_threads`` in ``[1, MAX_THREADS]``. All of these would
+    otherwise pass and fail after the data load, or train on NaN.
 
     Raises:
         ConfigError: the first field that fails, named with its value.
     """
+    kind = type(config).__name__
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if not isinstance(value, float):
+        fix = f"(set it with --set {f.name}=VALUE)"
+        if f.default is not dataclasses.MISSING:
+            reason = _value_type_mismatch(f.default, value)
+            if reason is not None:
+                raise ConfigError(f"{kind}.{f.name}: {reason} {fix}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{kind}.{f.name} must be a finite number; got {value} {fix}")
+        rule = _name_rule(f.name)
+        if rule is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if not math.isfinite(value):
+        low, high, strict = rule
+        if value < low or (strict and value == low):
             raise ConfigError(
-                f"{type(config).__name__}.{f.name} must be a finite number; got {value} "
-                f"(set it with --set {f.name}=VALUE)"
+                f"{kind}.{f.name} must be {'>' if strict else '>='} {low}; got {value} {fix}"
             )
-        if (f.name == "learning_rate" or f.name.endswith("_learning_rate")) and value <= 0:
-            raise ConfigError(
-                f"{type(config).__name__}.{f.name} must be > 0; got {value} "
-                f"(set it with --set {f.name}=VALUE)"
-            )
+        if high is not None and value > high:
+            raise ConfigError(f"{kind}.{f.name} must be <= {high}; got {value} {fix}")
+
+
+def require(
+    config: Any,
+    *,
+    at_least_one: Sequence[str] = (),
+    at_least_zero: Sequence[str] = (),
+    positive: Sequence[str] = (),
+    fraction: Sequence[str] = (),
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Range checks for a config's ``__post_init__``: counts ``>= 1`` (``at_least_one``)
+    or ``>= 0``, numbers ``> 0`` (``positive``), values in the open interval ``(0, 1)``
+    (``fraction``: decays, momenta) and names among ``choices``.
+
+    Raises:
+        ValueError: the first field outside its range (``ConfigError`` once resolved).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class C:
+    ...     width: int = 0
+    >>> require(C(), at_least_one=("width",))
+    Traceback (most recent call last):
+    ...
+    ValueError: C.width must be >= 1; got 0
+    """
+    kind = type(config).__name__
+    for names, test, words in (
+        (at_least_one, lambda v: v >= 1, "must be >= 1"),
+        (at_least_zero, lambda v: v >= 0, "must be >= 0"),
+        (positive, lambda v: v > 0, "must be > 0"),
+        (fraction, lambda v: 0 < v < 1, "must lie in (0, 1)"),
+    ):
+        for name in names:
+            value = getattr(config, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{kind}.{name} must be a finite number; got {value!r}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or not test(value):
+                raise ValueError(f"{kind}.{name} {words}; got {value!r}")
+    for name, valid in (choices or {}).items():
+        value = getattr(config, name)
+        if value not in valid:
+            raise ValueError(f"{kind}.{name} must be one of {', '.join(valid)}; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
+from bnlab.experiments.base import (
+    ExperimentSpec,
+    RunContext,
+    Variant,
+    load_mnist_data,
+    require,
+)
 from bnlab.experiments.practice import mnist_batches, train_classifier
 from bnlab.models.small import mnist_mlp
 from bnlab.report.claims import paired_check
@@ -45,20 +51,20 @@ class BatchSizeConfig:
     # how many runs share the machine (bnlab reproduce --jobs)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(
-                f"BatchSizeConfig.norm must be one of {tuple(NORMS)}; got {self.norm!r}"
-            )
-        for name in (
-            "num_groups",
-            "hidden_units",
-            "batch_size",
-            "examples",
-            "evals",
-            "num_threads",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BatchSizeConfig.{name} must be >= 1; got {getattr(self, name)}")
+        require(
+            self,
+            at_least_one=(
+                "num_groups",
+                "hidden_units",
+                "batch_size",
+                "examples",
+                "evals",
+                "num_threads",
+            ),
+            positive=("learning_rate",),
+            fraction=("bn_momentum",),
+            choices={"norm": tuple(NORMS)},
+        )
         if self.hidden_units % self.num_groups:
             raise ValueError(
                 f"num_groups ({self.num_groups}) must divide hidden_units ({self.hidden_units})"

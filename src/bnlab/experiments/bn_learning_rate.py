@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
+from bnlab.experiments.base import (
+    ExperimentSpec,
+    RunContext,
+    Variant,
+    load_mnist_data,
+    require,
+)
 from bnlab.experiments.practice import mnist_batches, train_classifier
 from bnlab.models.init import tf_init_
 from bnlab.models.small import mnist_mlp
@@ -43,19 +49,12 @@ class LearningRateConfig:
     # how many runs share the machine (bnlab reproduce --jobs)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(
-                f"LearningRateConfig.norm must be one of {tuple(NORMS)}; got {self.norm!r}"
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"LearningRateConfig.learning_rate must be > 0; got {self.learning_rate}"
-            )
-        for name in ("hidden_units", "batch_size", "num_steps", "eval_every", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"LearningRateConfig.{name} must be >= 1; got {getattr(self, name)}"
-                )
+        require(
+            self,
+            at_least_one=("hidden_units", "batch_size", "num_steps", "eval_every", "num_threads"),
+            positive=("learning_rate",),
+            choices={"norm": tuple(NORMS)},
+        )
 
 
 def build_model(config: LearningRateConfig) -> torch.nn.Module:

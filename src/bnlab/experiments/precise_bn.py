@@ -17,7 +17,13 @@ from torch import nn
 
 from bnlab.data import TrainBatches
 from bnlab.experiments import deep_cnn
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
+from bnlab.experiments.base import (
+    ExperimentSpec,
+    RunContext,
+    Variant,
+    load_mnist_data,
+    require,
+)
 from bnlab.models.small import BACKEND
 from bnlab.norm.layers.modules import BATCH_NORM_TYPES
 from bnlab.norm.tools.precise import precise_bn
@@ -53,20 +59,21 @@ class PreciseBNConfig:
     num_threads: int = 1  # intra-op threads, fixed whatever --jobs is
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_conv_layers",
-            "num_batches",
-            "batch_size",
-            "precise_batches",
-            "precise_batch_size",
-            "single_image_count",
-            "validate_every",
-            "num_threads",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PreciseBNConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if not 0.0 < self.bn_decay < 1.0:
-            raise ValueError(f"PreciseBNConfig.bn_decay must lie in (0, 1); got {self.bn_decay}")
+        require(
+            self,
+            at_least_one=(
+                "num_conv_layers",
+                "num_batches",
+                "batch_size",
+                "precise_batches",
+                "precise_batch_size",
+                "single_image_count",
+                "validate_every",
+                "num_threads",
+            ),
+            positive=("learning_rate",),
+            fraction=("bn_decay",),
+        )
 
 
 def _deep_cnn_config(config: PreciseBNConfig) -> deep_cnn.DeepCNNConfig:

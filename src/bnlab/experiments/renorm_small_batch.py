@@ -13,7 +13,13 @@ from typing import Any
 import torch
 
 from bnlab.data.batching import NonIIDBatches
-from bnlab.experiments.base import ExperimentSpec, RunContext, Variant, load_mnist_data
+from bnlab.experiments.base import (
+    ExperimentSpec,
+    RunContext,
+    Variant,
+    load_mnist_data,
+    require,
+)
 from bnlab.experiments.practice import mnist_batches, train_classifier
 from bnlab.models.small import mnist_mlp
 from bnlab.report.claims import paired_check
@@ -47,11 +53,18 @@ class RenormConfig:
     # how many runs share the machine (bnlab reproduce --jobs)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"RenormConfig.norm must be one of {NORMS}; got {self.norm!r}")
-        for name in ("hidden_units", "batch_size", "num_steps", "eval_every", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RenormConfig.{name} must be >= 1; got {getattr(self, name)}")
+        require(
+            self,
+            at_least_one=("hidden_units", "batch_size", "num_steps", "eval_every", "num_threads"),
+            at_least_zero=("warmup_steps", "ramp_steps", "d_max"),
+            positive=("learning_rate",),
+            fraction=("bn_momentum",),
+            choices={"norm": tuple(NORMS)},
+        )
+        if not self.r_max >= 1:
+            raise ValueError(
+                f"RenormConfig.r_max must be >= 1 (r lies in [1/r_max, r_max]); got {self.r_max}"
+            )
         if not 0 <= self.classes_per_batch <= 10:
             raise ValueError(
                 f"RenormConfig.classes_per_batch must lie in [0, 10] (0: i.i.d.); got "

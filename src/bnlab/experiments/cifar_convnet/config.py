@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bnlab.experiments.base import Variant
+from bnlab.experiments.base import Variant, require
+from bnlab.norm import available_norms
 
 __all__ = [
     "EPOCH_TAG",
@@ -49,11 +50,18 @@ class CifarConvNetConfig:
     num_threads: int = 2  # intra-op threads
 
     def __post_init__(self) -> None:
-        for name in ("dense_units", "batch_size", "epochs", "eval_batch_size", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"CifarConvNetConfig.{name} must be >= 1; got {getattr(self, name)}"
-                )
+        require(
+            self,
+            at_least_one=("dense_units", "batch_size", "epochs", "eval_batch_size", "num_threads"),
+            at_least_zero=("example_images",),
+            positive=("bn_eps", "learning_rate", "adam_eps"),
+            fraction=("bn_decay",),
+            choices={"norm": tuple(available_norms())},
+        )
+        if not self.filters or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.filters
+        ):
+            raise ValueError(f"CifarConvNetConfig.filters must be counts >= 1; got {self.filters}")
         if self.placement not in ("before", "after"):
             raise ValueError(
                 f"CifarConvNetConfig.placement must be 'before' or 'after'; got {self.placement!r}"

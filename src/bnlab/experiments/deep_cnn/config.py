@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bnlab.experiments.base import Variant
+from bnlab.experiments.base import Variant, require
+from bnlab.models.deep_cnn import PLACEMENTS
+from bnlab.models.init import INITIALIZERS
+from bnlab.norm import available_norms
 
 __all__ = [
     "BN_VARIANTS",
@@ -54,21 +57,38 @@ class DeepCNNConfig:
     log_every: int = 25  # steps between metric writes (one host sync per chunk)
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_conv_layers",
-            "batch_size",
-            "num_batches",
-            "validate_every",
-            "train_acc_every",
-            "single_image_count",
-            "eval_batch_size",
-            "num_threads",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DeepCNNConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if not 0.0 < self.bn_decay < 1.0:
-            raise ValueError(f"DeepCNNConfig.bn_decay must lie in (0, 1); got {self.bn_decay}")
+        # Every field, so a bad value stops `--set` before the data load, not the model
+        # builder or the optimizer after it; the eps, interval, batch-size and thread
+        # fields are also checked by name in base.check_config.
+        require(
+            self,
+            at_least_one=(
+                "num_conv_layers",
+                "filters_per_depth",
+                "dense_units",
+                "batch_size",
+                "num_batches",
+                "validate_every",
+                "train_acc_every",
+                "single_image_count",
+                "eval_batch_size",
+                "num_threads",
+                "checkpoint_every",
+                "log_every",
+            ),
+            positive=("conv_init_std", "bn_eps", "learning_rate", "adam_eps"),
+            fraction=("bn_decay",),
+            choices={
+                "norm": tuple(available_norms()),
+                "placement": tuple(PLACEMENTS),
+                "conv_init": INITIALIZERS,
+            },
+        )
+        if self.lowlevel and self.norm != "bn":
+            raise ValueError(
+                f"DeepCNNConfig.lowlevel builds its own batch norm and needs norm 'bn'; got "
+                f"{self.norm!r}"
+            )
 
 
 def quick(config: DeepCNNConfig) -> DeepCNNConfig:

@@ -9,7 +9,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from bnlab.experiments.base import Variant
+from bnlab.experiments.base import Variant, require
+
+#: The largest side the photographs are resized to (the scikit-image ones are 512 pixels).
+MAX_IMAGE_SIZE = 4096
 
 __all__ = [
     "COMPARISON_PNG",
@@ -66,9 +69,27 @@ class ImageFCNConfig:
     num_threads: int = 2  # intra-op threads (the convolutions are large enough for two)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "hidden_channels", "batch_size", "epochs", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ImageFCNConfig.{name} must be >= 1; got {getattr(self, name)}")
+        require(
+            self,
+            at_least_one=(
+                "image_size",
+                "hidden_channels",
+                "kernel_size",
+                "batch_size",
+                "epochs",
+                "num_threads",
+            ),
+            positive=("bn_eps", "learning_rate", "adam_eps"),
+            fraction=("bn_decay",),
+        )
+        if self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"ImageFCNConfig.kernel_size must be odd (same-size output); got {self.kernel_size}"
+            )
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"ImageFCNConfig.image_size must be <= {MAX_IMAGE_SIZE}; got {self.image_size}"
+            )
         if not self.train_images:
             raise ValueError("ImageFCNConfig.train_images must name at least one image")
         if self.batch_size > len(self.train_images):

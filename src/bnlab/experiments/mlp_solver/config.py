@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bnlab.experiments.base import Variant
+from bnlab.experiments.base import Variant, require
+from bnlab.models.mlp import ACTIVATIONS
 
 __all__ = ["EPOCH_TAG", "VARIANTS", "MLPSolverConfig", "cost_s", "quick"]
 
@@ -39,9 +40,25 @@ class MLPSolverConfig:
     log_every: int = 859  # steps between metric writes (half an epoch of the real data)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs", "train_eval_batch_size", "num_threads", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MLPSolverConfig.{name} must be >= 1; got {getattr(self, name)}")
+        require(
+            self,
+            at_least_one=(
+                "batch_size",
+                "epochs",
+                "train_eval_batch_size",
+                "num_threads",
+                "log_every",
+            ),
+            positive=("bn_eps", "learning_rate", "adam_eps"),
+            fraction=("bn_decay",),
+            choices={"activation": tuple(ACTIVATIONS)},
+        )
+        if not self.hidden_dims or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.hidden_dims
+        ):
+            raise ValueError(
+                f"MLPSolverConfig.hidden_dims must be widths >= 1; got {self.hidden_dims}"
+            )
 
 
 def quick(config: MLPSolverConfig) -> MLPSolverConfig:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bnlab.experiments.base import Variant
+from bnlab.experiments.base import Variant, require
+from bnlab.models.mlp import SIGMOID_MLP_NORMS
 
 __all__ = ["TEST_TAG", "VARIANTS", "SigmoidMLPConfig", "cost_s", "group_cost_s", "quick"]
 
@@ -44,17 +45,24 @@ class SigmoidMLPConfig:
     log_every: int = 50  # steps between metric writes (one host sync per chunk)
 
     def __post_init__(self) -> None:
-        for name in (
-            "batch_size",
-            "num_steps",
-            "eval_every",
-            "probe_neurons",
-            "single_image_count",
-            "num_threads",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SigmoidMLPConfig.{name} must be >= 1; got {getattr(self, name)}")
+        require(
+            self,
+            at_least_one=(
+                "batch_size",
+                "num_steps",
+                "eval_every",
+                "probe_neurons",
+                "single_image_count",
+                "num_threads",
+                "checkpoint_every",
+                "log_every",
+            ),
+            positive=("weight_std", "bn_eps", "learning_rate"),
+            fraction=("pop_decay",),
+            choices={"norm": SIGMOID_MLP_NORMS},
+        )
+        if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.hidden):
+            raise ValueError(f"SigmoidMLPConfig.hidden widths must be >= 1; got {self.hidden}")
         if len(self.hidden) < 2:
             raise ValueError(
                 f"SigmoidMLPConfig.hidden needs at least 2 layers (layer 2 is probed); "
