@@ -78,7 +78,7 @@ def check_claims(
     * deep-CNN step with bnlab BN within 1.05x of no BN, and faster than torch's BN;
     * compiled: bnlab faster than compiled torch BN on the large layers, and bnlab (eager
       and compiled) nowhere slower than torch by more than max(5%, 3 us) per call;
-    * engine (issue 15): never slower than plain loops of the same runs, on every row
+    * engine: never slower than plain loops of the same runs, on every row
       (single runs, and group runs of K seeds against the K plain loops in turn); and
       stacking sigmoid-MLP seeds could save at least 5% per model-step against one model
       alone (the premise of the engine's group run, judged on the inexact stacks of

@@ -1,7 +1,7 @@
 """A ResNet-18-shaped network (He et al. 2016): torchvision's layout at a chosen width.
 
 Used where bnlab must behave like torch's batch norm in a real model: the compatibility
-tests (state_dict, fold_bn, fuse_bn_relu, torch's converters) and the compiled training
+tests (state_dict, fold_bn, torch's converters and fusers) and the compiled training
 step of ``bnlab bench``. ``norm`` is the batch-norm class (torch's or bnlab's).
 """
 
