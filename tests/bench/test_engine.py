@@ -290,7 +290,7 @@ def test_ratio_is_of_the_two_medians_and_the_claim_takes_the_worst() -> None:
     engine["batched_seeds"]["ratios"].update({"bmm/single": 0.96, "vmap/single": 1.4})
     _, stacking = check_claims([], None, engine=engine)
     assert stacking["best_case"] == "bmm/single" and not stacking["holds"]
-    engine["batched_seeds"]["ratios"]["bmm/single"] = 0.54  # session 5's measurement
+    engine["batched_seeds"]["ratios"]["bmm/single"] = 0.54  # as recorded 2026-12-06 (bd86a16)
     _, stacking = check_claims([], None, engine=engine)
     assert stacking["holds"] and stacking["measured"] == 0.54
     text = format_claims(claims)
