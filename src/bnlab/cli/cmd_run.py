@@ -33,7 +33,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_seeds: int)
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny step counts: checks every code path in seconds (numbers are meaningless)",
+        help="tiny step counts: every code path in a few minutes, most of it compiling the "
+        "kernels once (numbers are meaningless)",
     )
     parser.add_argument(
         "--data-dir",
