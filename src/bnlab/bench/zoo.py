@@ -18,7 +18,7 @@ import importlib.metadata
 import importlib.util
 import sys
 import types
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,16 +269,23 @@ def warm_up(model: nn.Module, inputs: Iterable[Tensor], *, seed: int = 0) -> nn.
     return model.eval()
 
 
-def training_step(model: nn.Module, x: Tensor, target: Tensor) -> dict[str, Tensor]:
+def training_step(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    forward: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
     """One training step without the update: forward, cross-entropy, backward.
 
-    Runs in training mode with :func:`freeze_stochastic`. Returns everything the step
-    changes: ``"output"``, ``"loss"``, ``"grad:<param>"`` for every parameter that got a
-    gradient, ``"buffer:<name>"`` for every running mean and variance.
+    Runs ``model`` in training mode with :func:`freeze_stochastic`, through ``forward``
+    when given (a compiled or exported form of ``model`` that trains its parameters).
+    Returns everything the step changes: ``"output"``, ``"loss"``, ``"grad:<param>"``
+    for every parameter that got a gradient, ``"buffer:<name>"`` for every running mean
+    and variance.
     """
     freeze_stochastic(model.train())
     model.zero_grad(set_to_none=True)
-    output = model(x)
+    output = (model if forward is None else forward)(x)
     loss = F.cross_entropy(output, target)
     loss.backward()
     result = {"output": output.detach(), "loss": loss.detach()}
