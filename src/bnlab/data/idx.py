@@ -8,6 +8,7 @@ the values, big-endian, in C order. E.g. MNIST images are ``0x00000803`` (uint8,
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 
 from bnlab.data.cache import atomic_write_bytes
 from bnlab.data.errors import CorruptFileError
+from bnlab.data.memory import check_memory
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -113,35 +115,87 @@ def decode_idx(data: bytes | bytearray, name: str = "<bytes>") -> np.ndarray:
     return values.astype(header.dtype.newbyteorder("="), copy=True).reshape(header.shape)
 
 
-def read_file_bytes(path: str | Path) -> bytes:
+def read_file_bytes(path: str | Path, *, limit: int | None = None) -> bytes:
     """Return a file's content, gunzipped when it starts with the gzip magic bytes.
 
+    Args:
+        limit: refuse content (uncompressed) larger than this many bytes, without
+            decompressing more than ``limit + 1`` of them (a gzip bomb).
+
     Raises:
-        CorruptFileError: a gzip stream that is truncated or damaged.
+        CorruptFileError: a gzip stream that is truncated or damaged, or content over
+            ``limit``.
         FileNotFoundError: the file does not exist.
     """
     raw = Path(path).read_bytes()
-    return maybe_gunzip(raw, str(path))
+    return maybe_gunzip(raw, str(path), limit=limit)
 
 
-def maybe_gunzip(raw: bytes, name: str) -> bytes:
-    """Gunzip ``raw`` if it starts with the gzip magic bytes, else return it unchanged."""
+def maybe_gunzip(raw: bytes, name: str, *, limit: int | None = None) -> bytes:
+    """Gunzip ``raw`` if it starts with the gzip magic bytes, else return it unchanged.
+
+    Args:
+        limit: refuse an uncompressed size over ``limit`` bytes; decompression stops there.
+
+    Raises:
+        CorruptFileError: a truncated or damaged gzip stream, or one over ``limit``.
+    """
     if not raw.startswith(GZIP_MAGIC):
+        if limit is not None and len(raw) > limit:
+            raise CorruptFileError(name, "size", f"at most {limit} bytes", f"{len(raw)} bytes")
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read() if limit is None else stream.read(limit + 1)
     except (EOFError, OSError, zlib.error) as exc:
         raise CorruptFileError(name, "gzip stream", "a complete gzip stream", str(exc)) from exc
+    if limit is not None and len(data) > limit:
+        raise CorruptFileError(
+            name, "uncompressed size", f"at most {limit} bytes", f"more than {limit} bytes"
+        )
+    return data
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def _open_content(path: Path) -> io.BufferedIOBase:
+    """``path`` opened for reading its content: through gzip when it is gzipped."""
+    with path.open("rb") as handle:
+        start = handle.read(2)
+    if start == GZIP_MAGIC:
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _read_exactly(stream: io.BufferedIOBase, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``stream``; return how many bytes it got (less at the end)."""
+    got = 0
+    while got < len(buffer):
+        n = stream.readinto(buffer[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_idx(path: str | Path, *, max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX file, raw or gzipped (detected by content, not by name).
+
+    The header is read first; then exactly the bytes it declares are read (decompressed)
+    into one buffer, and one byte more must not exist: a truncated file, trailing data or
+    a gzip bomb (a small ``.gz`` whose content is far larger than its header says) is
+    refused without holding more than the declared size. Memory for the declared size is
+    checked before it is allocated (:func:`bnlab.data.memory.check_memory`).
+
+    Args:
+        max_bytes: refuse a header declaring more than this many bytes (``None``: only the
+            memory check).
 
     Returns:
         A native-endian numpy array with the shape and element type the header states.
 
     Raises:
-        CorruptFileError: see :func:`decode_idx`; also a damaged gzip stream.
+        CorruptFileError: see :func:`decode_idx`; also a damaged or truncated gzip stream,
+            content longer than declared, or a declared size over ``max_bytes``.
+        DataError: the declared size does not fit in the memory available.
         FileNotFoundError: the file does not exist.
 
     >>> import tempfile, pathlib, numpy as np
@@ -150,21 +204,60 @@ def read_idx(path: str | Path) -> np.ndarray:
     >>> read_idx(p).tolist()
     [7, 2, 1]
     """
-    return decode_idx(read_file_bytes(path), str(path))
+    p = Path(path)
+    header = read_idx_header(p)
+    declared = header.file_bytes - header.header_bytes
+    shape = " x ".join(str(d) for d in header.shape)
+    what = f"file size for a {shape} array of {header.dtype.name}"
+    if max_bytes is not None and header.file_bytes > max_bytes:
+        raise CorruptFileError(p, what, f"at most {max_bytes} bytes", f"{header.file_bytes}")
+    if not _is_gzip(p) and p.stat().st_size != header.file_bytes:
+        raise CorruptFileError(p, what, f"{header.file_bytes} bytes", f"{p.stat().st_size} bytes")
+    check_memory(declared, f"{p} ({shape} {header.dtype.name})")
+    buffer = bytearray(declared)
+    try:
+        with _open_content(p) as stream:
+            stream.read(header.header_bytes)
+            got = _read_exactly(stream, memoryview(buffer))
+            extra = stream.read(1)
+    except (EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(p, "gzip stream", "a complete gzip stream", str(exc)) from exc
+    if got < declared:
+        found = f"{header.header_bytes + got} bytes"
+        raise CorruptFileError(p, what, f"{header.file_bytes} bytes", found)
+    if extra:
+        raise CorruptFileError(
+            p, what, f"{header.file_bytes} bytes", f"more than {header.file_bytes} bytes"
+        )
+    values = np.frombuffer(buffer, dtype=header.dtype).reshape(header.shape)
+    # Native byte order, writable (torch.from_numpy needs both); one-byte types need no copy.
+    return values.astype(header.dtype.newbyteorder("="), copy=False)
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
 
 
 def read_idx_header(path: str | Path) -> IdxHeader:
-    """Read only the header of an IDX file (raw or gzipped), without loading the data."""
+    """Read only the header of an IDX file (raw or gzipped), without loading the data.
+
+    Raises:
+        CorruptFileError: a header that is truncated or invalid, or a damaged gzip stream.
+    """
     p = Path(path)
-    with p.open("rb") as handle:
-        start = handle.read(2)
-    opener = gzip.open if start == GZIP_MAGIC else open
+    if p.exists() and not p.is_file():  # a FIFO would block, a device never end
+        raise CorruptFileError(p, "file type", "a regular file", "something else")
     try:
-        with opener(p, "rb") as handle:
+        with _open_content(p) as handle:
             head = handle.read(4)
             rank = head[3] if len(head) == 4 else 0
             head += handle.read(4 * rank)
     except (EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
         raise CorruptFileError(p, "gzip stream", "a complete gzip stream", str(exc)) from exc
     return _parse_header(head, str(p))
 

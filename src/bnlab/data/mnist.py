@@ -7,6 +7,8 @@ Sources, in order: the ``data_dir`` argument; ``$BNLAB_DATA_DIR``; the cache
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,9 @@ from bnlab.data.errors import (
     FetchError,
     MissingFilesError,
 )
-from bnlab.data.idx import read_idx
+from bnlab.data.idx import read_idx, read_idx_header
 from bnlab.data.integrity import MNIST_FILES
+from bnlab.data.memory import check_memory
 from bnlab.data.provenance import make_provenance
 from bnlab.data.sources import (
     MNIST_MIRRORS,
@@ -48,6 +51,8 @@ from bnlab.data.sources import (
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = (s.name for s in MNIST_FILES)
 MNIST_NAMES: tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
+#: The images' height and width in every MNIST-format data set.
+MNIST_IMAGE_SHAPE = (28, 28)
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ def read_mnist_files(
     source: str = "",
     num_classes: int = 10,
     provenance: Mapping[str, Any] | None = None,
+    image_shape: tuple[int, int] | None = MNIST_IMAGE_SHAPE,
 ) -> Datasets:
     """Read the four IDX files and split them the TensorFlow way.
 
@@ -191,36 +197,54 @@ def read_mnist_files(
     Args:
         num_classes: labels must lie in ``0 .. num_classes-1`` (MNIST: 10 digits).
         provenance: recorded on the result (see :mod:`bnlab.data.provenance`).
+        image_shape: the images' ``(H, W)``: 28x28, as in every MNIST-format data set
+            (Fashion-MNIST, KMNIST, EMNIST), which the experiments' networks are built
+            for; ``None``: any size, the same in both files.
 
     Raises:
-        CorruptFileError: a file that is not a uint8 IDX file of the right rank, train and
-            test images of different sizes, a label outside ``0 .. num_classes-1``, or an
-            empty split (train, test, or validation under the default size).
+        CorruptFileError: a file that is not a uint8 IDX file of the right rank, images of
+            another size than ``image_shape`` (or of different sizes), a label outside
+            ``0 .. num_classes-1``, an empty split (train, test, or validation under the
+            default size), a truncated or over-long file or gzip stream.
         CountMismatchError: an images file and its labels file disagree on ``N``.
+        InsufficientMemoryError: the headers declare more data than the memory available
+            (checked before anything is read).
         ValueError: ``validation_size`` outside ``[0, n_train)``.
     """
-    arrays = {name: read_idx(files[name]) for name in MNIST_NAMES}
+    # The headers first: every check that needs no data, and the memory the whole load
+    # needs, before a byte of data is read (a corrupt size field or a gzip bomb declares
+    # gigabytes).
+    headers = {name: read_idx_header(files[name]) for name in MNIST_NAMES}
     for name, rank in ((TRAIN_IMAGES, 3), (TRAIN_LABELS, 1), (TEST_IMAGES, 3), (TEST_LABELS, 1)):
-        arr = arrays[name]
-        if arr.dtype != np.uint8 or arr.ndim != rank:
+        header = headers[name]
+        if header.dtype != np.uint8 or len(header.shape) != rank:
             raise CorruptFileError(
                 files[name],
                 "IDX magic number",
                 f"0x{0x800 | rank:08x} (uint8, rank {rank})",
-                f"{arr.dtype} of rank {arr.ndim}",
+                f"{header.dtype.name} of rank {len(header.shape)}",
             )
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
-        if len(arrays[images]) != len(arrays[labels]):
-            raise CountMismatchError(
-                files[images], len(arrays[images]), files[labels], len(arrays[labels])
+        n_images, n_labels = headers[images].shape[0], headers[labels].shape[0]
+        if n_images != n_labels:
+            raise CountMismatchError(files[images], n_images, files[labels], n_labels)
+    for images in (TRAIN_IMAGES, TEST_IMAGES):
+        size = headers[images].shape[1:]
+        expected = image_shape or headers[TRAIN_IMAGES].shape[1:]
+        if size != expected or min(size) < 1:
+            where = "the MNIST format" if image_shape else "as in the training file"
+            raise CorruptFileError(
+                files[images],
+                "image size",
+                "x".join(map(str, expected)) + f" ({where})",
+                "x".join(map(str, size)),
             )
-    if arrays[TRAIN_IMAGES].shape[1:] != arrays[TEST_IMAGES].shape[1:]:
-        raise CorruptFileError(
-            files[TEST_IMAGES],
-            "image size",
-            "x".join(map(str, arrays[TRAIN_IMAGES].shape[1:])) + " (as in the training file)",
-            "x".join(map(str, arrays[TEST_IMAGES].shape[1:])),
-        )
+    pixels = sum(math.prod(headers[n].shape) for n in (TRAIN_IMAGES, TEST_IMAGES))
+    labels_n = sum(headers[n].shape[0] for n in (TRAIN_LABELS, TEST_LABELS))
+    # The files, the float32 images and the int64 labels are held at once while loading.
+    need = sum(h.file_bytes for h in headers.values()) + 4 * pixels + 8 * labels_n
+    check_memory(need, f"the MNIST-format data in {Path(files[TRAIN_IMAGES]).parent}")
+    arrays = {name: read_idx(files[name]) for name in MNIST_NAMES}
     n_train = len(arrays[TRAIN_LABELS])
     n_val = mnist_validation_size(n_train) if validation_size is None else validation_size
     if n_train and not 0 <= n_val < n_train:
@@ -284,12 +308,12 @@ def load_mnist(
     (55000, 5000, 10000)
     """
     location = resolve_mnist(data_dir, cache_root=cache_root, fetchers=fetchers, progress=progress)
-    return read_mnist_files(
-        location.files,
-        validation_size=validation_size,
-        source=str(location.directory),
-        provenance=mnist_provenance(location),
+    data = read_mnist_files(
+        location.files, validation_size=validation_size, source=str(location.directory)
     )
+    # The digests after the validated read: a truncated or corrupt file is refused in one
+    # line there, before its content is streamed through the digest.
+    return dataclasses.replace(data, provenance=mnist_provenance(location))
 
 
 def mnist_provenance(location: MnistLocation) -> dict[str, Any]:

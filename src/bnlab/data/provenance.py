@@ -18,10 +18,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bnlab.data.errors import CorruptFileError
 from bnlab.data.idx import GZIP_MAGIC
 from bnlab.data.integrity import CHUNK, FileSpec, md5_file, sha256_file
 
@@ -30,7 +32,11 @@ __all__ = ["content_digest", "file_record", "fingerprint", "make_provenance"]
 
 def content_digest(path: str | Path) -> tuple[int, str]:
     """``(size, sha256)`` of a file's content, gunzipped first when it is gzipped (so a
-    ``.gz`` copy of a published file has the published digest)."""
+    ``.gz`` copy of a published file has the published digest), streamed in chunks.
+
+    Raises:
+        CorruptFileError: a truncated or damaged gzip stream.
+    """
     p = Path(path)
     with p.open("rb") as handle:
         gzipped = handle.read(2) == GZIP_MAGIC
@@ -38,10 +44,15 @@ def content_digest(path: str | Path) -> tuple[int, str]:
         return p.stat().st_size, sha256_file(p)
     h = hashlib.sha256()
     size = 0
-    with gzip.open(p, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+    try:
+        with gzip.open(p, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(p, "gzip stream", "a complete gzip stream", str(exc)) from exc
     return size, h.hexdigest()
 
 
