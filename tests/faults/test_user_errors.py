@@ -209,6 +209,47 @@ def test_a_corrupt_checkpoint_is_one_line(
     assert "train.pt: expected a bnlab checkpoint" in line and "--restart" in line
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"format": 1}, "it lacks phase, step, num_steps"),
+        ({"format": 1, "phase": "train", "step": "5"}, "it lacks num_steps"),
+        (
+            {
+                "format": 1,
+                "phase": "train",
+                "step": 5,
+                "num_steps": 12,
+                "model": [],
+                "optimizer": {},
+                "sampler": {},
+                "rng": {},
+                "metrics_offset": 0,
+                "elapsed_s": 0.0,
+                "extra": {},
+            },
+            "its model is list, not a state dict",
+        ),
+    ],
+)
+def test_a_checkpoint_of_the_wrong_shape_is_one_line(
+    cli: Cli, finished: Path, tmp_path: Path, mnist_dir: Path, content: dict, expected: str
+) -> None:
+    import torch
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished, runs)
+    run = runs / "deep-cnn" / "bn" / "seed-0"
+    torch.save(content, run / "checkpoints" / "train.pt")
+    outcome = cli("doctor", str(run))  # rebuilds the trained model from the checkpoint
+    assert outcome.code == 2 and expected in outcome.error_line
+    (run / "result.json").unlink()  # an interrupted run: the resume reads the checkpoint
+    argv = ["run", "deep-cnn", "--variant", "bn", *QUICK, *TINY, "--out", str(runs)]
+    line = _refused(cli, runs, *argv, "--data-dir", str(mnist_dir))
+    assert "train.pt: expected a bnlab checkpoint, but " + expected in line
+    assert "--restart" in line
+
+
 def test_a_full_disk_names_the_real_error(
     cli: Cli, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,6 +273,8 @@ def test_a_full_disk_names_the_real_error(
     line = outcome.error_line
     assert "No space left on device" in line and "free disk space" in line
     assert "Pytorch" not in line and "serializ" not in line.lower()
+    # The file that could not be written is named (the failing fsync named none).
+    assert f"No space left on device: {tmp_path / 'r' / 'deep-cnn' / 'bn' / 'seed-0'}/" in line
 
 
 def test_debug_shows_the_traceback(
@@ -242,3 +285,46 @@ def test_debug_shows_the_traceback(
     monkeypatch.setenv("BNLAB_DEBUG", "1")
     outcome = cli("run", "deep-cnn", *QUICK, "--set", "batch_size=0")
     assert outcome.code == 2 and "Traceback" in outcome.err
+
+
+def test_jobs_above_the_cores_are_lowered_with_a_note(
+    cli: Cli, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnlab.experiments import scheduler
+
+    asked: list[int] = []
+
+    def run_all(*args: object, jobs: int, **kwargs: object) -> tuple[list[object], dict]:
+        asked.append(jobs)
+        return [], {}
+
+    monkeypatch.setattr(scheduler, "run_all", run_all)
+    (tmp_path / "r").mkdir()  # what the (here skipped) runs would have made
+    argv = ["run", "deep-cnn", *QUICK, *TINY, "--out", str(tmp_path / "r"), "--jobs", "1000"]
+    outcome = cli(*argv, "--data-dir", str(mnist_dir))
+    cores = scheduler.available_cores()
+    assert outcome.code == 0 and asked == [cores]
+    assert f"--jobs 1000: lowered to {cores}, the CPU cores this process may use" in outcome.err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file-descriptor limits and /proc")
+def test_a_group_of_many_seeds_stays_within_the_open_file_limit(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    import resource
+    import subprocess
+
+    def limit() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        )
+
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "bnlab", "run", "sigmoid-mlp", "--variant", "bn", *QUICK]
+    argv += ["--seeds", "40", "--jobs", "1", "--out", str(out), "--data-dir", str(mnist_dir)]
+    for field in ("num_steps=4", "eval_every=2", "checkpoint_every=2", "log_every=2"):
+        argv += ["--set", field]
+    # 40 seeds of one variant are one group: one open lock file each, under `ulimit -n 40`.
+    done = subprocess.run(argv, preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list(out.glob("sigmoid-mlp/bn/seed-*/result.json"))) == 40

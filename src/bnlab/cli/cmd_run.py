@@ -186,8 +186,11 @@ def train_all(
 ) -> Any:
     """Plan and train every run the options ask for (``bnlab.experiments.scheduler``);
     return ``(outcomes, not_run)``."""
+    import sys
+
+    from bnlab.experiments import scheduler
     from bnlab.experiments.runner import seed_list
-    from bnlab.experiments.scheduler import RunSettings, default_jobs, plan, run_all
+    from bnlab.experiments.scheduler import RunSettings, available_cores, default_jobs, plan
 
     overrides = parse_overrides(getattr(args, "set", None))
     requests = plan(
@@ -206,7 +209,15 @@ def train_all(
         overrides=overrides,
     )
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    return run_all(
+    cores = available_cores()
+    if jobs > cores:
+        # More runs than cores only slow each down (and hold their memory side by side).
+        print(
+            f"--jobs {jobs}: lowered to {cores}, the CPU cores this process may use",
+            file=sys.stderr,
+        )
+        jobs = cores
+    return scheduler.run_all(
         requests, settings, jobs=jobs, keep_going=keep_going, progress=not args.no_progress
     )
 

@@ -60,7 +60,10 @@ def _config(spec: Any, variant: str, stored: dict[str, Any]) -> Any:
         for k, v in stored.items()
         if k in fields
     }
-    return dataclasses.replace(base, **values)
+    try:
+        return dataclasses.replace(base, **values)
+    except (ValueError, TypeError) as exc:  # the config's own checks (edited config.json)
+        raise RunModelError(f"config.json holds a config this bnlab refuses: {exc}") from None
 
 
 def _checkpoint_file(run: RunDir, phase: str | None) -> Path:

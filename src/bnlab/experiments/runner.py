@@ -46,6 +46,7 @@ __all__ = [
     "ExperimentNotRunError",
     "RunOutcome",
     "data_provenance",
+    "group_size_limit",
     "load_experiment_data",
     "numerics",
     "run_experiment",
@@ -555,6 +556,29 @@ STOPPING_ERRORS = (
 )
 
 
+#: The most runs one group trains at once (each holds its run's lock, an open file).
+MAX_GROUP_SIZE = 64
+
+
+def group_size_limit() -> int:
+    """The most runs one group holds at once: :data:`MAX_GROUP_SIZE`, lowered to half the
+    file descriptors this process has left under its limit (``ulimit -n``; a quarter of
+    the limit where the open ones cannot be counted); never below 2."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return MAX_GROUP_SIZE
+    if soft == resource.RLIM_INFINITY:
+        return MAX_GROUP_SIZE
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # pragma: no cover - no /proc
+        in_use = soft * 3 // 4
+    return max(2, min(MAX_GROUP_SIZE, (soft - in_use) // 2))
+
+
 def run_group(
     spec: ExperimentSpec[Any, Any],
     variant: str,
@@ -582,6 +606,8 @@ def run_group(
     they train one at a time from their last checkpoints, so a failure lands on its own
     run exactly as on the single path. Time is charged evenly: each grouped run's
     ``wall_time_s`` and ``time_s`` are the group's divided by the number of runs in it.
+    More seeds than :func:`group_size_limit` train as several groups, one after the other,
+    so the locks held at once (one open file each) stay within the process's limit.
 
     Args:
         keep_going: record a failed run (``failed.json``, a ``"failed"`` outcome) and go
@@ -593,6 +619,26 @@ def run_group(
         Exception: a run's error when not ``keep_going``.
     """
     provenance = dict(provenance) if provenance is not None else data_provenance(data)
+    limit = group_size_limit()
+    if len(seeds) > limit:  # in parts, each holding at most `limit` locks
+        return [
+            outcome
+            for start in range(0, len(seeds), limit)
+            for outcome in run_group(
+                spec,
+                variant,
+                seeds[start : start + limit],
+                data,
+                out_dir=out_dir,
+                quick=quick,
+                progress=progress,
+                restart=restart,
+                overrides=overrides,
+                keep_going=keep_going,
+                log=log,
+                provenance=provenance,
+            )
+        ]
     runs = []
     for seed in seeds:
         config = spec.config_for(variant, seed, quick=quick, overrides=overrides)

@@ -50,6 +50,7 @@ from bnlab.experiments.runner import (
     STOPPING_ERRORS,
     ExperimentNotRunError,
     RunOutcome,
+    group_size_limit,
     load_experiment_data,
     run_group,
     run_one,
@@ -188,7 +189,9 @@ def plan(
     With ``group`` the seeds of a variant whose experiment offers
     :attr:`ExperimentSpec.run_group` are one task (one request with ``seeds``) that
     trains them together on one run's threads, its cost
-    :meth:`ExperimentSpec.estimated_group_cost_s`.
+    :meth:`ExperimentSpec.estimated_group_cost_s`; more seeds than
+    :func:`~bnlab.experiments.runner.group_size_limit` make several such tasks (a group
+    holds one open lock file per run).
 
     Raises:
         UnknownNameError, ConfigError: from :meth:`ExperimentSpec.config_for`.
@@ -201,8 +204,11 @@ def plan(
             ]
             threads = [int(getattr(c, "num_threads", 1) or 1) for c in configs]
             if group and spec.run_group is not None and len(seeds) > 1:
-                cost = spec.estimated_group_cost_s(configs[0], len(seeds))
-                out.append(RunRequest(spec.name, variant, seeds[0], threads[0], cost, tuple(seeds)))
+                size = group_size_limit()
+                for start in range(0, len(seeds), size):
+                    part = tuple(seeds[start : start + size])
+                    cost = spec.estimated_group_cost_s(configs[0], len(part))
+                    out.append(RunRequest(spec.name, variant, part[0], threads[0], cost, part))
                 continue
             for seed, config, n in zip(seeds, configs, threads, strict=True):
                 out.append(RunRequest(spec.name, variant, seed, n, spec.estimated_cost_s(config)))

@@ -17,6 +17,7 @@ import torch
 
 from bnlab.train.errors import CheckpointError
 from bnlab.train.io import torch_save_atomic
+from bnlab.train.runfiles import file_kind
 
 #: Bumped when the checkpoint layout changes; older files are refused with a clear message.
 CHECKPOINT_FORMAT = 1
@@ -105,6 +106,12 @@ class Checkpoint:
             CheckpointError: (a ``ValueError``) the file is not a bnlab checkpoint or has
                 another format version; the message says how to start the run over.
         """
+        kind = file_kind(path)
+        if kind is not None:  # torch.load would block on a FIFO, read a device forever
+            raise CheckpointError(
+                f"{path}: expected a bnlab checkpoint (a regular file), found {kind}; pass "
+                "--restart to train this run again from the beginning"
+            )
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -119,6 +126,12 @@ class Checkpoint:
                 f"{path}: expected checkpoint format {CHECKPOINT_FORMAT}, found {found!r}; "
                 "it was written by another bnlab version: pass --restart to train this run again"
             )
+        problem = _shape_problem(data)
+        if problem is not None:
+            raise CheckpointError(
+                f"{path}: expected a bnlab checkpoint, but {problem}; pass --restart to train "
+                "this run again from the beginning"
+            )
         return cls(
             phase=str(data["phase"]),
             step=int(data["step"]),
@@ -131,3 +144,33 @@ class Checkpoint:
             elapsed_s=float(data["elapsed_s"]),
             extra=dict(data["extra"]),
         )
+
+
+#: The fields of a checkpoint file and what each must be (checked before any is used).
+_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "phase": (str, "a phase name"),
+    "step": (int, "an integer"),
+    "num_steps": (int, "an integer"),
+    "model": (dict, "a state dict"),
+    "optimizer": (dict, "a state dict"),
+    "sampler": (dict, "a state dict"),
+    "rng": (dict, "the generators' states"),
+    "metrics_offset": (int, "an integer"),
+    "elapsed_s": ((int, float), "a number"),
+    "extra": (dict, "a dict"),
+}
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    """Why ``data`` (a format-1 checkpoint's content) is not one (``None`` when it is):
+    a field missing, or of another type; a negative step or offset."""
+    missing = [name for name in _FIELDS if name not in data]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for name, (kind, words) in _FIELDS.items():
+        value = data[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"its {name} is {type(value).__name__}, not {words}"
+    if data["step"] < 0 or data["num_steps"] < 0 or data["metrics_offset"] < 0:
+        return "its step, num_steps or metrics_offset is negative"
+    return None

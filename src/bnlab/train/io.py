@@ -50,11 +50,20 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             os.fchmod(handle.fileno(), _new_file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         # BaseException: a KeyboardInterrupt mid-write must not leave the temporary behind.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and not exc.filename and exc.errno:
+            # A write or fsync that failed (a full disk) names no file: name the target.
+            raise named(exc, target) from exc
         raise
+
+
+def named(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name (the same errno, so the same subclass:
+    ``OSError(ENOSPC, ...)``, ``PermissionError`` for ``EACCES``)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bnlab.train.io import named
 from bnlab.train.runfiles import (
     MAX_LOG_BYTES,
     RunFileError,
@@ -85,19 +86,24 @@ class MetricsLog:
         kind = file_kind(self.path)
         if kind is not None:  # opening a FIFO to append would block until a reader came
             raise RunFileError(self.path, f"expected a regular file, found {kind}")
-        if self._pending:
-            # One write per chunk: a kill mid-write can tear at most the last line, which the
-            # reader drops and a resume truncates away.
-            data = ("\n".join(self._pending) + "\n").encode("utf-8")
-            with open(self.path, "ab") as handle:
-                handle.write(data)
-                handle.flush()
-                if fsync:
+        try:
+            if self._pending:
+                # One write per chunk: a kill mid-write can tear at most the last line, which
+                # the reader drops and a resume truncates away.
+                data = ("\n".join(self._pending) + "\n").encode("utf-8")
+                with open(self.path, "ab") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    if fsync:
+                        os.fsync(handle.fileno())
+                self._pending.clear()
+            elif fsync and self.path.exists():
+                with open(self.path, "ab") as handle:
                     os.fsync(handle.fileno())
-            self._pending.clear()
-        elif fsync and self.path.exists():
-            with open(self.path, "ab") as handle:
-                os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.filename or not exc.errno:
+                raise
+            raise named(exc, self.path) from exc  # a full disk names no file: name the log
         return self.path.stat().st_size if self.path.exists() else 0
 
     def truncate(self, offset: int) -> None:
