@@ -23,7 +23,16 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from zoo_cases import BACKENDS, ZooCase, assert_judged, judged_failures, models
+from zoo_cases import (
+    BACKENDS,
+    Judged,
+    ZooCase,
+    assert_judged,
+    assert_step_judged,
+    judged_failures,
+    models,
+    plain,
+)
 
 import bnlab
 from bnlab.bench import zoo
@@ -79,7 +88,10 @@ def test_convert_batchnorm_keeps_layers_state_and_outputs(case: ZooCase) -> None
         y_back, y_torch = back.eval()(x), torch_model.eval()(x)
         y = converted.eval()(x)
     assert torch.equal(y_back, y_torch), "a torch model loaded from bnlab's state differs"
-    assert_judged(case.eval_reference(), case.eval_baselines(), {"output": y}, what="eval")
+    reference = case.eval_reference()
+    assert_judged(
+        Judged({"output": y}, reference), plain(reference, case.eval_baselines()), what="eval"
+    )
 
 
 # --- one training step, eval, SyncBatchNorm -------------------------------------------
@@ -89,11 +101,11 @@ def test_convert_batchnorm_keeps_layers_state_and_outputs(case: ZooCase) -> None
 @pytest.mark.parametrize("case", models(), indirect=True)
 def test_training_step_is_as_accurate_as_torch(case: ZooCase, backend: str) -> None:
     x, target = case.step_data()
-    model = bnlab.convert_batchnorm(case.fresh(), backend=backend)
-    step = zoo.training_step(model, x, target)
-    assert_judged(
-        case.step_reference(), case.step_baselines(), step, target=target, what="training step"
-    )
+
+    def step() -> dict[str, Tensor]:
+        return zoo.training_step(bnlab.convert_batchnorm(case.fresh(), backend=backend), x, target)
+
+    assert_step_judged(case, step(), step)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -102,7 +114,10 @@ def test_eval_forward_is_as_accurate_as_torch(case: ZooCase, backend: str) -> No
     model = bnlab.convert_batchnorm(case.fresh(), backend=backend).eval()
     with torch.no_grad():
         y = model(case.eval_input())
-    assert_judged(case.eval_reference(), case.eval_baselines(), {"output": y}, what="eval")
+    reference = case.eval_reference()
+    assert_judged(
+        Judged({"output": y}, reference), plain(reference, case.eval_baselines()), what="eval"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -111,15 +126,21 @@ def test_convert_sync_batchnorm_on_one_process_is_plain_batch_norm(
     case: ZooCase, backend: str
 ) -> None:
     assert not (dist.is_available() and dist.is_initialized())
-    model = case.fresh()
-    if backend != "auto":
-        model = bnlab.convert_batchnorm(model, backend=backend)
-    synced = bnlab.convert_sync_batchnorm(model)
-    assert any(isinstance(m, bnlab.SyncBatchNorm) for m in synced.modules())
     x, target = case.step_data()
-    step = zoo.training_step(synced, x, target)
-    assert_judged(
-        case.step_reference(), case.step_baselines(), step, target=target, what="sync step"
+
+    def synced() -> nn.Module:
+        model = case.fresh()
+        if backend != "auto":
+            model = bnlab.convert_batchnorm(model, backend=backend)
+        return bnlab.convert_sync_batchnorm(model)
+
+    model = synced()
+    assert any(isinstance(m, bnlab.SyncBatchNorm) for m in model.modules())
+    assert_step_judged(
+        case,
+        zoo.training_step(model, x, target),
+        lambda: zoo.training_step(synced(), x, target),
+        what="sync step",
     )
 
 
@@ -160,17 +181,19 @@ def _judge_on_path(
     run: Callable[[nn.Module], dict[str, Tensor]],
     backend: str,
     reference: dict[str, Tensor],
-    baselines: list[dict[str, Tensor]],
+    torch_runs: list[Judged],
     *,
     target: Tensor | None = None,
+    rerun: Callable[[], object] | None = None,
 ) -> None:
     """Judge bnlab's converted model through ``run`` against the float64 ``reference``.
 
     torch's own model goes through ``run`` too (once per case and path), but only when
     needed, since compiling and exporting cost minutes: where bnlab's run fails (the
     same exception type from torch's is an upstream limit: skipped), and where bnlab's
-    result misses the eager ``baselines`` (torch's result on the path then joins them:
-    a compiler's or exporter's own rounding is not bnlab's).
+    result misses torch's eager runs (torch's result on the path then joins them: a
+    compiler's or exporter's own rounding is not bnlab's). ``rerun`` (a training step)
+    repeats bnlab's step eagerly to record its kinks' branches.
     """
 
     def torch_run() -> tuple[dict[str, Tensor] | None, BaseException | None]:
@@ -189,11 +212,16 @@ def _judge_on_path(
                 f"({_first_line(torch_error)})"
             )
         raise
-    failures = judged_failures(reference, baselines, result, target=target)
+    candidate = Judged(result, reference)
+    failures = judged_failures(candidate, torch_runs, target=target)
+    if failures and rerun is not None:
+        candidate = Judged(result, case.own_reference(rerun))
+        failures = judged_failures(candidate, torch_runs, target=target)
     if failures:
         torch_result, _ = case.cached(("path", path), torch_run)
         if torch_result is not None:
-            failures = judged_failures(reference, [*baselines, torch_result], result, target=target)
+            with_path = [*torch_runs, Judged(torch_result, reference)]
+            failures = judged_failures(candidate, with_path, target=target)
     if failures:
         pytest.fail(f"{path}: {failures}", pytrace=False)
 
@@ -231,28 +259,36 @@ def test_compile_fullgraph_matches_eager(case: ZooCase, backend: str, mode: str)
             return {"output": compiled(case.eval_input())}
 
     if mode == "train":
-        reference, baselines = case.step_reference(), case.step_baselines()
+
+        def eager_step() -> dict[str, Tensor]:
+            model = bnlab.convert_batchnorm(case.fresh(), backend=backend)
+            return zoo.training_step(model, x, target)
+
+        reference, torch_runs = case.step_reference(), case.step_torch_runs()
+        _judge_on_path(
+            case,
+            "compile-train",
+            run,
+            backend,
+            reference,
+            torch_runs,
+            target=target,
+            rerun=eager_step,
+        )
     else:
-        reference, baselines = case.eval_reference(), case.eval_baselines()
-    _judge_on_path(
-        case,
-        f"compile-{mode}",
-        run,
-        backend,
-        reference,
-        baselines,
-        target=target if mode == "train" else None,
-    )
+        reference = case.eval_reference()
+        torch_runs = plain(reference, case.eval_baselines())
+        _judge_on_path(case, "compile-eval", run, backend, reference, torch_runs)
 
 
-def _batched(case: ZooCase) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """Eager float64 reference and torch's float32 baselines at each of OTHER_BATCHES."""
+def _batched(case: ZooCase) -> tuple[dict[str, Tensor], list[Judged]]:
+    """Eager float64 reference and torch's float32 runs at each of OTHER_BATCHES."""
     reference = {f"output@{b}": case.eval_reference(b)["output"] for b in OTHER_BATCHES}
     baselines = [
         {f"output@{b}": case.eval_baselines(b)[i]["output"] for b in OTHER_BATCHES}
         for i in range(2)
     ]
-    return reference, baselines
+    return reference, plain(reference, baselines)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -315,7 +351,8 @@ def test_jit_trace_runs_a_new_input(case: ZooCase, backend: str) -> None:
             traced = torch.jit.trace(model, (case.entry.input(1),), check_trace=False)
             return {"output": traced(case.eval_input())}
 
-    _judge_on_path(case, "trace", run, backend, case.eval_reference(), case.eval_baselines())
+    reference = case.eval_reference()
+    _judge_on_path(case, "trace", run, backend, reference, plain(reference, case.eval_baselines()))
 
 
 # --- a real size ----------------------------------------------------------------------
@@ -329,7 +366,8 @@ def test_resnet18_training_step_at_imagenet_size_with_the_auto_backend() -> None
     assert resolve_backend("auto", stem, True) == "fused"
     case = ZooCase(entry)
     x, target = case.step_data()
-    step = zoo.training_step(bnlab.convert_batchnorm(case.fresh()), x, target)
-    assert_judged(
-        case.step_reference(), case.step_baselines(), step, target=target, what="224x224 step"
-    )
+
+    def step() -> dict[str, Tensor]:
+        return zoo.training_step(bnlab.convert_batchnorm(case.fresh()), x, target)
+
+    assert_step_judged(case, step(), step, what="224x224 step")

@@ -5,7 +5,8 @@ judges a run against them (``bnlab.bench.zoo.judge``)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -56,21 +57,50 @@ class ZooCase:
         return self.entry.input(STEP_SEED), self.entry.target(STEP_SEED)
 
     def step_reference(self) -> dict[str, Tensor]:
-        """The training step of the float64 copy of the torch model."""
+        """The training step of the float64 copy of the torch model (its kinks' branches
+        recorded for :meth:`own_reference`)."""
         if "step64" not in self._runs:
             x, target = self.step_data()
-            self._runs["step64"] = zoo.training_step(self.fresh().double(), x.double(), target)
-        return self._runs["step64"]  # type: ignore[no-any-return]
+            with zoo.record_kinks() as decisions:
+                self._runs["step64"] = zoo.training_step(self.fresh().double(), x.double(), target)
+            self._runs["kinks64"] = decisions
+        return self._runs["step64"]
 
-    def step_baselines(self) -> list[dict[str, Tensor]]:
-        """torch's float32 training step with its ATen kernel and with its decomposition."""
+    def own_reference(self, rerun: Callable[[], object]) -> dict[str, Tensor]:
+        """The float64 step that took the branches ``rerun`` (a float32 step) takes.
+
+        ``rerun`` runs again under ``zoo.record_kinks``; where it took the float64
+        run's branches everywhere (or cannot be replayed), that is the reference.
+        """
+        reference = self.step_reference()
+        with zoo.record_kinks() as decisions:
+            rerun()
+        if zoo.same_decisions(decisions, self._runs["kinks64"]):
+            return reference
+        x, target = self.step_data()
+        try:
+            with zoo.replay_kinks(decisions):
+                return zoo.training_step(self.fresh().double(), x.double(), target)
+        except zoo.KinkReplayError:
+            return reference
+
+    def step_torch_runs(self) -> list[Judged]:
+        """torch's float32 training step with its ATen kernel and with its decomposition,
+        each with the float64 reference that took its branches."""
         if "step32" not in self._runs:
             x, target = self.step_data()
-            native = zoo.training_step(self.fresh(), x, target)
-            with zoo.decomposed_batch_norm():
-                decomposed = zoo.training_step(self.fresh(), x, target)
-            self._runs["step32"] = [native, decomposed]
-        return self._runs["step32"]  # type: ignore[no-any-return]
+
+            def native() -> dict[str, Tensor]:
+                return zoo.training_step(self.fresh(), x, target)
+
+            def decomposed() -> dict[str, Tensor]:
+                with zoo.decomposed_batch_norm():
+                    return zoo.training_step(self.fresh(), x, target)
+
+            self._runs["step32"] = [
+                Judged(run(), self.own_reference(run)) for run in (native, decomposed)
+            ]
+        return self._runs["step32"]
 
     def eval_input(self, batch: int | None = None) -> Tensor:
         return self.entry.input(NEW_INPUT_SEED, batch=batch)
@@ -82,7 +112,7 @@ class ZooCase:
         if key not in self._runs:
             x = self.eval_input(batch).double()
             self._runs[key] = {"output": self.fresh().double().eval()(x)}
-        return self._runs[key]  # type: ignore[no-any-return]
+        return self._runs[key]
 
     @torch.no_grad()
     def eval_baselines(self, batch: int | None = None) -> list[dict[str, Tensor]]:
@@ -94,7 +124,7 @@ class ZooCase:
             with zoo.decomposed_batch_norm():
                 decomposed = {"output": self.fresh().eval()(x)}
             self._runs[key] = [native, decomposed]
-        return self._runs[key]  # type: ignore[no-any-return]
+        return self._runs[key]
 
     def cached(self, key: Any, make: Any) -> Any:
         """``make()`` once per case and key (torch's own run on a path, for instance)."""
@@ -103,24 +133,30 @@ class ZooCase:
         return self._runs[key]
 
 
+@dataclass(frozen=True)
+class Judged:
+    """A float32 run and the float64 run it is measured against."""
+
+    result: Mapping[str, Tensor]
+    reference: Mapping[str, Tensor]
+
+
 def judged_failures(
-    reference: Mapping[str, Tensor],
-    baselines: Sequence[Mapping[str, Tensor]],
-    candidate: Mapping[str, Tensor],
-    *,
-    target: Tensor | None = None,
+    candidate: Judged, torch_runs: Sequence[Judged], *, target: Tensor | None = None
 ) -> str:
     """ "" when every tensor of ``candidate`` is within 2x torch's float32 error
-    (``zoo.judge``), else what is not, worst first.
+    (``zoo.judge_errors``), else what is not, worst first.
 
     With ``target`` (a training step), the loss may also be off by what the output's
     bound implies (``zoo.loss_allowance``).
     """
+    torch_errors = [zoo.errors_against(r.reference, r.result) for r in torch_runs]
+    errors = zoo.errors_against(candidate.reference, candidate.result)
     allowances: dict[str, float] = {}
-    if target is not None and "output" in reference:
-        (output,) = [v for v in zoo.judge(reference, baselines, candidate) if v.key == "output"]
-        allowances["loss"] = zoo.loss_allowance(reference, target, output.bound)
-    verdicts = zoo.judge(reference, baselines, candidate, allowances=allowances)
+    if target is not None and "output" in errors:
+        (output,) = [v for v in zoo.judge_errors(torch_errors, errors) if v.key == "output"]
+        allowances["loss"] = zoo.loss_allowance(candidate.reference, target, output.bound)
+    verdicts = zoo.judge_errors(torch_errors, errors, allowances=allowances)
     failed = [v for v in verdicts if not v.ok]
     if not failed:
         return ""
@@ -132,15 +168,41 @@ def judged_failures(
     )
 
 
+def plain(
+    reference: Mapping[str, Tensor], baselines: Sequence[Mapping[str, Tensor]]
+) -> list[Judged]:
+    """torch's runs measured against one float64 run (eval mode: no kink changes a gradient)."""
+    return [Judged(b, reference) for b in baselines]
+
+
 def assert_judged(
-    reference: Mapping[str, Tensor],
-    baselines: Sequence[Mapping[str, Tensor]],
-    candidate: Mapping[str, Tensor],
+    candidate: Judged,
+    torch_runs: Sequence[Judged],
     *,
     target: Tensor | None = None,
     what: str = "",
 ) -> None:
     """Fail with :func:`judged_failures`'s text unless it is empty."""
-    failures = judged_failures(reference, baselines, candidate, target=target)
+    failures = judged_failures(candidate, torch_runs, target=target)
+    if failures:
+        pytest.fail(f"{what}: {failures}", pytrace=False)
+
+
+def assert_step_judged(
+    case: ZooCase,
+    result: Mapping[str, Tensor],
+    rerun: Callable[[], object] | None,
+    *,
+    extra: Sequence[Judged] = (),
+    what: str = "training step",
+) -> None:
+    """Judge a training step against the float64 step; where it misses, against the float64
+    step that took its kinks' branches (``rerun`` repeats the float32 step to record them)."""
+    _, target = case.step_data()
+    torch_runs = [*case.step_torch_runs(), *extra]
+    failures = judged_failures(Judged(result, case.step_reference()), torch_runs, target=target)
+    if failures and rerun is not None:
+        own = Judged(result, case.own_reference(rerun))
+        failures = judged_failures(own, torch_runs, target=target)
     if failures:
         pytest.fail(f"{what}: {failures}", pytrace=False)

@@ -34,6 +34,7 @@ __all__ = [
     "TIMM_MODELS",
     "TORCHVISION_MODELS",
     "ZOO",
+    "KinkReplayError",
     "Verdict",
     "ZooModel",
     "batch_norm_layers",
@@ -44,8 +45,12 @@ __all__ = [
     "import_timm",
     "import_torchvision",
     "judge",
+    "judge_errors",
     "loss_allowance",
+    "record_kinks",
     "relative_error",
+    "replay_kinks",
+    "same_decisions",
     "training_step",
     "warm_up",
     "zoo_available",
@@ -334,6 +339,150 @@ def decomposed_batch_norm() -> Iterator[None]:
         yield
 
 
+# --- the kinks' branches ---------------------------------------------------------------
+
+_aten = torch.ops.aten
+_RELU = (_aten.relu.default, _aten.relu_.default)
+_HARDTANH = (_aten.hardtanh.default, _aten.hardtanh_.default)
+_MAX_POOL = _aten.max_pool2d_with_indices.default
+
+#: One branch decision of a kinked op, in the order the ops ran: ``("relu", mask)``,
+#: ``("hardtanh", inside, above)`` or ``("max_pool", indices)``.
+Decision = tuple[Any, ...]
+
+
+def _hardtanh_bounds(args: tuple[Any, ...]) -> tuple[float, float]:
+    low = float(args[1]) if len(args) > 1 else -1.0
+    high = float(args[2]) if len(args) > 2 else 1.0
+    return low, high
+
+
+class _RecordKinks(TorchDispatchMode):
+    """Records which branch each ReLU, ReLU6/hardtanh and max-pool element took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decisions: list[Decision] = []
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _RELU:
+            self.decisions.append(("relu", args[0] > 0))  # before an in-place op runs
+        elif func in _HARDTANH:
+            low, high = _hardtanh_bounds(args)
+            x = args[0]
+            self.decisions.append(("hardtanh", (x > low) & (x < high), x >= high))
+        out = func(*args, **kwargs)
+        if func is _MAX_POOL:
+            self.decisions.append(("max_pool", out[1].clone()))
+        return out
+
+
+class KinkReplayError(RuntimeError):
+    """A replayed run reached a kinked op that the recorded run did not (or another)."""
+
+
+class _ReplayKinks(TorchDispatchMode):
+    """Makes each kinked op take the recorded branch, forward and backward."""
+
+    def __init__(self, decisions: Sequence[Decision]) -> None:
+        super().__init__()
+        self.decisions = list(decisions)
+        self.next = 0
+        self.relu_masks: dict[int, Tensor] = {}  # result's data_ptr -> mask
+        self.hardtanh_inside: dict[int, Tensor] = {}  # input's data_ptr -> inside mask
+
+    def _take(self, kind: str, shape: torch.Size) -> Decision:
+        if self.next >= len(self.decisions):
+            raise KinkReplayError(f"more kinked ops than recorded (a {kind})")
+        decision = self.decisions[self.next]
+        self.next += 1
+        if decision[0] != kind or decision[1].shape != shape:
+            raise KinkReplayError(
+                f"op {self.next}: recorded a {decision[0]} of {tuple(decision[1].shape)}, "
+                f"replaying a {kind} of {tuple(shape)}"
+            )
+        return decision
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _RELU:
+            x = args[0]
+            _, mask = self._take("relu", x.shape)
+            result = x.mul_(mask) if func is _aten.relu_.default else x * mask
+            self.relu_masks[result.data_ptr()] = mask
+            return result
+        if func is _aten.threshold_backward.default:
+            mask = self.relu_masks.get(args[1].data_ptr())
+            if mask is not None and float(args[2]) == 0.0 and mask.shape == args[0].shape:
+                return args[0] * mask
+        if func in _HARDTANH:
+            x = args[0]
+            low, high = _hardtanh_bounds(args)
+            _, inside, above = self._take("hardtanh", x.shape)
+            value = torch.where(inside, x, torch.where(above, high, low).to(x.dtype))
+            self.hardtanh_inside[x.data_ptr()] = inside
+            if func is _aten.hardtanh_.default:
+                return x.copy_(value)
+            self.hardtanh_inside[value.data_ptr()] = inside
+            return value
+        if func is _aten.hardtanh_backward.default:
+            inside = self.hardtanh_inside.get(args[1].data_ptr())
+            if inside is not None and inside.shape == args[0].shape:
+                return args[0] * inside
+        if func is _MAX_POOL:
+            x = args[0]
+            out_values, out_indices = func(*args, **kwargs)
+            _, indices = self._take("max_pool", out_indices.shape)
+            values = x.flatten(-2).gather(-1, indices.flatten(-2)).view(indices.shape)
+            return values.to(out_values.dtype), indices
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def record_kinks() -> Iterator[list[Decision]]:
+    """Inside, the branch of every ReLU, ReLU6 (hardtanh) and max-pool element is recorded
+    into the yielded list, in the order the ops run."""
+    mode = _RecordKinks()
+    with mode:
+        yield mode.decisions
+
+
+@contextmanager
+def replay_kinks(decisions: Sequence[Decision]) -> Iterator[None]:
+    """Inside, each ReLU, ReLU6 and max pool takes the branch in ``decisions`` (from
+    :func:`record_kinks`), in its output and its gradient.
+
+    A value within rounding of a kink (a ReLU input of 1e-7, two near-equal maxima) may
+    fall either way in any float32 run, and the gradient then differs by that element's
+    whole contribution; a float64 run that takes the float32 run's branches measures
+    the rounding alone. Raises :class:`KinkReplayError` when the run's kinked ops are
+    not the recorded ones.
+    """
+    with _ReplayKinks(decisions):
+        yield
+
+
+def same_decisions(a: Sequence[Decision], b: Sequence[Decision]) -> bool:
+    """Whether two recorded runs took the same branch everywhere."""
+    return len(a) == len(b) and all(
+        x[0] == y[0] and all(torch.equal(p, q) for p, q in zip(x[1:], y[1:], strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
 # --- the judge ------------------------------------------------------------------------
 
 
@@ -385,6 +534,37 @@ class Verdict:
         )
 
 
+def judge_errors(
+    torch_errors: Sequence[Mapping[str, float]],
+    errors: Mapping[str, float],
+    *,
+    factor: float = 2.0,
+    floor: float = 1e-7,
+    allowances: Mapping[str, float] | None = None,
+) -> list[Verdict]:
+    """Is each error of a run at most ``factor`` times torch's, plus ``floor``?
+
+    ``torch_errors``: one dict per torch float32 run (:func:`errors_against` its float64
+    reference); torch's error on a tensor is the largest of them. ``allowances`` raise
+    the bound of given keys to at least that error (:func:`loss_allowance`). Every key of
+    any run is judged; a key one run lacks counts as an infinite error there.
+
+    Raises:
+        ValueError: no torch run.
+    """
+    if not torch_errors:
+        raise ValueError("judging needs at least one torch baseline run")
+    keys = sorted(set(errors).union(*torch_errors))
+    verdicts = []
+    for k in keys:
+        torch_error = max(e.get(k, float("inf")) for e in torch_errors)
+        bound = factor * torch_error + floor
+        if allowances and k in allowances:
+            bound = max(bound, allowances[k])
+        verdicts.append(Verdict(k, torch_error, errors.get(k, float("inf")), bound))
+    return verdicts
+
+
 def judge(
     reference: Mapping[str, Tensor],
     baselines: Sequence[Mapping[str, Tensor]],
@@ -404,8 +584,9 @@ def judge(
     kernel and its decomposition, :func:`decomposed_batch_norm`, and where a path is
     under test, torch's own model on that path): one float32 run's error is one sample
     of the rounding, and torch's two batch norms differ from each other by more than 2x
-    on some tensors. ``allowances`` raise the bound of given keys to at least that error
-    (:func:`loss_allowance`). Every key of any run is judged.
+    on some tensors. Where runs took different branches at a kink, each run is compared
+    with the float64 run that took its branches (:func:`replay_kinks`) through
+    :func:`judge_errors`.
 
     Returns:
         One :class:`Verdict` per key, sorted by key; a failed one has ``ok`` False.
@@ -413,19 +594,13 @@ def judge(
     Raises:
         ValueError: no baseline.
     """
-    if not baselines:
-        raise ValueError("judge needs at least one torch baseline run")
-    per_run = [errors_against(reference, b) for b in baselines]
-    got = errors_against(reference, candidate)
-    keys = sorted(set(got).union(*per_run))
-    verdicts = []
-    for k in keys:
-        torch_error = max(e.get(k, float("inf")) for e in per_run)
-        bound = factor * torch_error + floor
-        if allowances and k in allowances:
-            bound = max(bound, allowances[k])
-        verdicts.append(Verdict(k, torch_error, got.get(k, float("inf")), bound))
-    return verdicts
+    return judge_errors(
+        [errors_against(reference, b) for b in baselines],
+        errors_against(reference, candidate),
+        factor=factor,
+        floor=floor,
+        allowances=allowances,
+    )
 
 
 def loss_allowance(reference: Mapping[str, Tensor], target: Tensor, output_bound: float) -> float:
