@@ -17,7 +17,7 @@ import pytest
 from bnlab.experiments.runner import run_path
 from bnlab.experiments.scheduler import Stopped, stop_on_signals
 from bnlab.train.checkpoint import Checkpoint
-from bnlab.train.lock import lock_path, run_lock
+from bnlab.train.lock import RunLockedError, lock_path, run_lock
 
 VARIANTS = ("bn", "no-bn")
 
@@ -38,6 +38,15 @@ def _wait(condition: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _free(run: Path) -> bool:
+    """Whether the run's lock can be taken (and it is released again)."""
+    try:
+        with run_lock(run):
+            return True
+    except RunLockedError:
+        return False
 
 
 def _holder(run: Path) -> int | None:
@@ -74,7 +83,13 @@ def test_a_stopped_job_leaves_no_worker_and_no_held_lock(
         assert len(workers) == 2 and parent.pid not in workers, workers
         parent.send_signal(signum)
         parent.wait(timeout=30)
-        _wait(lambda: not any(map(_alive, workers)), 10, "the workers to exit")
+        # A process is gone once its last thread has exited (the main thread may be a
+        # zombie a moment before the others): until then its lock may still be held.
+        _wait(
+            lambda: not any(map(_alive, workers)) and all(map(_free, runs)),
+            10,
+            "the workers to exit and their locks to be free",
+        )
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -89,8 +104,6 @@ def test_a_stopped_job_leaves_no_worker_and_no_held_lock(
         assert lines[-1] == "bnlab run: stopped by SIGTERM; rerun the same command to resume"
         assert "Traceback" not in err
     for run in runs:
-        with run_lock(run):  # free at once: no orphan holds it
-            pass
         if signum == signal.SIGKILL:
             assert Checkpoint.load(run / "checkpoints" / "train.pt").step >= 1
         assert not (run / "result.json").exists()
