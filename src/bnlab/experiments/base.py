@@ -28,6 +28,7 @@ __all__ = [
     "Variant",
     "apply_overrides",
     "check_config",
+    "config_problem",
     "config_to_dict",
     "require",
 ]
@@ -185,14 +186,14 @@ MAX_BATCH_SIZE = 60_000
 MAX_THREADS = 256
 
 
-def _name_rule(name: str) -> tuple[float, float | None, bool] | None:
+def _name_rule(name: str) -> tuple[int, int | None, bool] | None:
     """``(low, high, strict_low)`` that a field's name implies, or ``None``:
     a learning rate and an epsilon (under a square root, or a divisor) must be > 0; an
     interval (``*_every``: steps between events; ``0`` would divide by zero, a negative
     one never fires) at least 1; a batch size within ``[1, MAX_BATCH_SIZE]``; threads
     within ``[1, MAX_THREADS]``."""
     if name == "learning_rate" or name.endswith("_learning_rate") or name.endswith("eps"):
-        return (0.0, None, True)
+        return (0, None, True)
     if name.endswith("_every"):
         return (1, None, False)
     if name == "batch_size" or name.endswith("_batch_size"):
@@ -210,40 +211,47 @@ def _value_type_mismatch(default: Any, value: Any) -> str | None:
     return _json_type_mismatch(default, value)
 
 
-def check_config(config: Any) -> None:
-    """Checks every experiment's config passes besides its own ``__post_init__`` (which
-    holds the checks particular to it).
-
-    Every field must hold a value of its default's type (``int``, not ``bool``; a float
-    field may hold an int); every float must be finite; and a field's name implies a
-    range (:func:`_name_rule`): a learning rate or an epsilon (``bn_eps``, ``adam_eps``)
-    > 0, an interval (``checkpoint_every``, ``log_every``, ...) >= 1, a batch size in
-    ``[1, MAX_BATCH_SIZE]``, ``num_threads`` in ``[1, MAX_THREADS]``. All of these would
-    otherwise pass and fail after the data load, or train on NaN.
-
-    Raises:
-        ConfigError: the first field that fails, named with its value.
-    """
+def config_problem(config: Any) -> tuple[str, str] | None:
+    """``(field, what is wrong)`` for the first field of ``config`` that breaks a rule
+    every config follows, or ``None``: every field holds a value of its default's type
+    (``int``, not ``bool``; a float field may hold an int), every float is finite, and a
+    field's name implies a range (:func:`_name_rule`): a learning rate or an epsilon
+    (``bn_eps``, ``adam_eps``) > 0, an interval (``checkpoint_every``, ``log_every``, ...)
+    >= 1, a batch size in ``[1, MAX_BATCH_SIZE]``, ``num_threads`` in ``[1, MAX_THREADS]``.
+    All of these would otherwise pass and fail after the data load, or train on NaN."""
     kind = type(config).__name__
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        fix = f"(set it with --set {f.name}=VALUE)"
+        where = f"{kind}.{f.name}"
         if f.default is not dataclasses.MISSING:
             reason = _value_type_mismatch(f.default, value)
             if reason is not None:
-                raise ConfigError(f"{kind}.{f.name}: {reason} {fix}")
+                return f.name, f"{where}: {reason}"
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{kind}.{f.name} must be a finite number; got {value} {fix}")
+            return f.name, f"{where} must be a finite number; got {value}"
         rule = _name_rule(f.name)
         if rule is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         low, high, strict = rule
         if value < low or (strict and value == low):
-            raise ConfigError(
-                f"{kind}.{f.name} must be {'>' if strict else '>='} {low}; got {value} {fix}"
-            )
+            return f.name, f"{where} must be {'>' if strict else '>='} {low}; got {value}"
         if high is not None and value > high:
-            raise ConfigError(f"{kind}.{f.name} must be <= {high}; got {value} {fix}")
+            return f.name, f"{where} must be <= {high}; got {value}"
+    return None
+
+
+def check_config(config: Any) -> None:
+    """The checks of :func:`config_problem`, which every experiment's config passes
+    besides its own ``__post_init__`` (the configs of bnlab's experiments run them there
+    too, through :func:`require`; a plug-in's config gets them here).
+
+    Raises:
+        ConfigError: the first field that fails, named with its value.
+    """
+    problem = config_problem(config)
+    if problem is not None:
+        name, text = problem
+        raise ConfigError(f"{text} (set it with --set {name}=VALUE)")
 
 
 def require(
@@ -255,9 +263,11 @@ def require(
     fraction: Sequence[str] = (),
     choices: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """Range checks for a config's ``__post_init__``: counts ``>= 1`` (``at_least_one``)
-    or ``>= 0``, numbers ``> 0`` (``positive``), values in the open interval ``(0, 1)``
-    (``fraction``: decays, momenta) and names among ``choices``.
+    """Range checks for a config's ``__post_init__``: the rules every config follows
+    (:func:`config_problem`), then counts ``>= 1`` (``at_least_one``) or ``>= 0``, numbers
+    ``> 0`` (``positive``), values in the open interval ``(0, 1)`` (``fraction``: decays,
+    momenta) and names among ``choices``. The library API (``DeepCNNConfig(bn_eps=0)``)
+    refuses what ``--set`` refuses.
 
     Raises:
         ValueError: the first field outside its range (``ConfigError`` once resolved).
@@ -271,6 +281,9 @@ def require(
     ...
     ValueError: C.width must be >= 1; got 0
     """
+    problem = config_problem(config)
+    if problem is not None:
+        raise ValueError(problem[1])
     kind = type(config).__name__
     for names, test, words in (
         (at_least_one, lambda v: v >= 1, "must be >= 1"),
