@@ -253,3 +253,15 @@ def test_images_of_another_size_are_refused_at_load(
     assert "image size: expected 28x28 (the MNIST format)" in line
     assert f"found {shape[1]}x{shape[2]}" in line
     assert not list(out.rglob("config.json"))
+
+
+def test_a_batch_larger_than_the_training_split_is_one_line(
+    cli: Cli, tmp_path: Path, mnist_dir: Path
+) -> None:
+    # 220 training images: a batch of 300 passes the config's own range (<= 60,000).
+    argv = ["run", "deep-cnn", "--variant", "bn", *QUICK, "--out", str(tmp_path / "r")]
+    argv += ["--set", "batch_size=300", "--data-dir", str(mnist_dir)]
+    outcome = cli(*argv)
+    assert outcome.code == 2
+    assert "batch_size must lie in [1, 220], got 300" in outcome.error_line
+    assert "--set batch_size=N" in outcome.error_line

@@ -13,6 +13,11 @@ import torch
 from torch import Tensor
 
 from bnlab.data.datasets import Split
+from bnlab.data.errors import DataError
+
+
+class BatchSizeError(DataError, ValueError):
+    """A batch larger than its split (or empty): a batch never repeats an example."""
 
 
 class EpochSampler:
@@ -147,7 +152,10 @@ class TrainBatches:
         self, split: Split, batch_size: int, *, seed: int = 0, shuffle: bool = True
     ) -> None:
         if not 1 <= batch_size <= len(split):
-            raise ValueError(f"batch_size must lie in [1, {len(split)}], got {batch_size}")
+            raise BatchSizeError(
+                f"batch_size must lie in [1, {len(split)}], got {batch_size} (a batch holds "
+                "distinct examples of the split); lower it with --set batch_size=N"
+            )
         self.split = split
         self.batch_size = int(batch_size)
         self.sampler = EpochSampler(len(split), seed=seed, shuffle=shuffle)
