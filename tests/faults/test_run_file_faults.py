@@ -175,6 +175,20 @@ def test_run_refuses_a_damaged_run_in_one_line(
         assert cli(*argv, "--data-dir", str(mnist_dir), "--restart").code == 0
 
 
+def test_run_refuses_to_continue_a_damaged_log(
+    cli: Cli, pristine: Path, tmp_path: Path, mnist_dir: Path
+) -> None:
+    runs = _one_run(pristine, tmp_path)
+    run = runs / "deep-cnn" / "bn" / "seed-0"
+    (run / "result.json").unlink()  # unfinished: the resume keeps the log up to its checkpoint
+    _lines(run / "metrics.jsonl", 1, "5")
+    argv = ["run", "deep-cnn", "--variant", "bn", *QUICK, *TINY, "--out", str(runs)]
+    outcome = cli(*argv, "--data-dir", str(mnist_dir))
+    assert outcome.code == 2
+    line = outcome.error_line
+    assert "seed-0/metrics.jsonl:1: expected a metrics record" in line and "--restart" in line
+
+
 def test_run_refuses_run_files_without_their_config(
     cli: Cli, pristine: Path, tmp_path: Path, mnist_dir: Path
 ) -> None:

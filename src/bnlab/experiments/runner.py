@@ -418,7 +418,8 @@ def _check_run_files(run: RunDir) -> None:
 
 def _clean(run: RunDir, log: Log) -> None:
     """Remove what a killed (or failed) process left: temporaries of atomic writes, and log
-    records (maybe a torn line) after the last checkpoint, which the resumed steps re-log."""
+    records (maybe a torn line) after the last checkpoint, which the resumed steps re-log
+    (what is kept must be a log of records: :class:`RunFilesError` otherwise)."""
     run.remove_temporaries()
     before, after = run.cut_back_metrics()
     if before != after:

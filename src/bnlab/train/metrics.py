@@ -144,6 +144,16 @@ def read_metrics(path: str | Path) -> list[Record]:
     data = read_bounded(path, MAX_LOG_BYTES)
     if data is None:
         return []
+    return parse_metrics(data, path)
+
+
+def parse_metrics(data: bytes, path: str | Path = "metrics.jsonl") -> list[Record]:
+    """The records of a metrics log's content ``data`` (see :func:`read_metrics`; ``path``
+    names it in messages).
+
+    Raises:
+        RunFileError: not UTF-8, or a line other than a torn last one that is not a record.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

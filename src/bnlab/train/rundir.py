@@ -10,21 +10,24 @@ marks a finished run. A run that raised leaves ``failed.json`` (the error) and c
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 from bnlab.train.checkpoint import Checkpoint
 from bnlab.train.errors import RunFilesError
 from bnlab.train.io import write_bytes_atomic, write_json_atomic
-from bnlab.train.metrics import MetricsLog, Record, read_metrics
+from bnlab.train.metrics import MetricsLog, Record, parse_metrics, read_metrics
 from bnlab.train.runfiles import (
     CONFIG,
     DATA,
     ENV,
     FAILED,
+    MAX_LOG_BYTES,
     RESULT,
     RunFileError,
     file_kind,
+    read_bounded,
     read_document,
 )
 
@@ -209,19 +212,29 @@ class RunDir:
 
         Raises:
             CheckpointError: a checkpoint cannot be read.
-            RunFilesError: the log is shorter than the checkpoint says (edited or replaced).
+            RunFilesError: the log is shorter than the checkpoint says (edited or replaced),
+                or what it keeps is not a log of records (then nothing is changed).
         """
         offset = self.checkpoint_offset()
         path = self.metrics_path
-        size = path.stat().st_size if path.is_file() else 0
+        content = read_bounded(path, MAX_LOG_BYTES) or b""
+        size = len(content)
         if size < offset:
             raise RunFilesError(
                 f"{path} holds {size} bytes but its checkpoint was taken at {offset} bytes: the "
                 "log was edited or replaced; pass --restart to train this run again"
             )
+        kept = content[:offset]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the kept part ends at a record: nothing torn
+                parse_metrics(kept, path)
+        except (RunFilesError, UserWarning) as exc:
+            raise RunFilesError(
+                f"{exc}; the log a resumed run would continue is damaged: pass --restart to "
+                "train this run again, or --out DIR"
+            ) from None
         if size > offset:
-            with path.open("rb") as handle:
-                kept = handle.read(offset)
             write_bytes_atomic(path, kept)  # a kill during the cut leaves the old log whole
         return size, offset
 
