@@ -265,3 +265,36 @@ def test_a_batch_larger_than_the_training_split_is_one_line(
     assert outcome.code == 2
     assert "batch_size must lie in [1, 220], got 300" in outcome.error_line
     assert "--set batch_size=N" in outcome.error_line
+
+
+def test_a_cifar_archive_member_far_larger_than_a_batch_is_refused_unread(
+    tmp_path: Path,
+) -> None:
+    import io
+    import tarfile
+
+    from bnlab.data import write_fake_cifar10
+    from bnlab.data.cifar import find_cifar10, read_cifar10
+
+    fake = write_fake_cifar10(tmp_path / "fake", n_per_batch=2)
+
+    class Zeros(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+            buffer[:] = bytes(len(buffer))
+            return len(buffer)
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for f in sorted(fake.iterdir()):
+            if f.name != "data_batch_1":
+                tar.add(f, arcname=f"cifar-10-batches-py/{f.name}")
+        member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        member.size = 80 << 20  # 80 MB of zeros in a small archive
+        tar.addfile(member, io.BufferedReader(Zeros()))
+    location = find_cifar10(archive)
+    assert location is not None
+    with pytest.raises(CorruptFileError, match="batch file size: expected at most 67108864"):
+        read_cifar10(location)

@@ -235,21 +235,37 @@ def find_cifar10(path: str | Path) -> CifarLocation | None:
     return _find_in_directory(p)
 
 
+#: The largest batch file read: a published one holds 10,000 images (about 31 MB), so
+#: anything far larger is corrupt or a decompression bomb, refused before it is read.
+MAX_BATCH_FILE_BYTES = 64 * 2**20
+
+
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_BATCH_FILE_BYTES:
+        raise CorruptFileError(
+            name, "batch file size", f"at most {MAX_BATCH_FILE_BYTES} bytes", f"{size} bytes"
+        )
+
+
 def _read_batches(location: CifarLocation) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     fmt = location.fmt
     out = {}
     if not location.is_archive:
         for f in fmt.files:
-            out[f] = fmt.parse((location.path / f).read_bytes(), str(location.path / f))
+            path = location.path / f
+            _check_size(path.stat().st_size, str(path))
+            out[f] = fmt.parse(path.read_bytes(), str(path))
         return out
     try:
         with tarfile.open(location.path, "r:*") as tar:
             for member in tar.getmembers():
                 base = Path(member.name).name
                 if member.isfile() and base in fmt.files and base not in out:
+                    name = f"{location.path}:{member.name}"
+                    _check_size(member.size, name)  # as the tar header declares it
                     handle = tar.extractfile(member)
                     if handle is not None:
-                        out[base] = fmt.parse(handle.read(), f"{location.path}:{member.name}")
+                        out[base] = fmt.parse(handle.read(MAX_BATCH_FILE_BYTES), name)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise CorruptFileError(location.path, "archive", "a readable .tar.gz", repr(exc)) from exc
     missing = [f for f in fmt.files if f not in out]
