@@ -31,9 +31,11 @@ __all__ = [
     "NOT_RUN",
     "RESULT",
     "Document",
+    "Field",
     "RunFileError",
     "check_record",
     "file_kind",
+    "parse_json",
     "read_bounded",
     "read_document",
 ]
