@@ -251,3 +251,17 @@ def test_fresh_process_loads_the_cache_and_keeps_torch_threads() -> None:
     assert int(threads) == 1
     # Compiling the float32 kernels takes 10-30 s; loading them from the cache well under 5.
     assert float(seconds) < 5.0, f"second process spent {seconds} s: numba's cache did not work"
+
+
+def test_an_input_that_views_the_running_variance_is_normalized_as_given() -> None:
+    # The running update writes into the input's memory; every backend must normalize the
+    # batch as it was before the update (torch's own kernel reads it after).
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5) + 2
+    expected = F.batch_norm(x.clone(), None, None, training=True)
+    for backend in ("native", "reference", "fused"):
+        data = x.clone()
+        rm, rv = torch.zeros(3), data[0, :, 0]  # rv is a view of the input
+        y = bnlab.batch_norm(data, rm, rv, training=True, backend=backend)
+        torch.testing.assert_close(y, expected, msg=backend)
+        torch.testing.assert_close(rm, 0.1 * x.mean((0, 2)), msg=backend)

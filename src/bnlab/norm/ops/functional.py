@@ -5,7 +5,7 @@ to a backend (``dispatch``). The math itself lives in ``core`` and is re-exporte
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (the doctests' namespace)
+import torch
 from torch import Tensor
 
 from bnlab.norm.ops import _validation, dispatch
@@ -84,7 +84,9 @@ def batch_norm(
         UnknownNameError: an unknown ``backend``.
 
     An empty input returns an empty output and leaves the running statistics unchanged,
-    as PyTorch does. Works under ``torch.compile``, ``torch.export``, ``torch.jit.trace``,
+    as PyTorch does. An input that lives in the running buffers' memory (a view of them)
+    is normalized as it was before their update, on every backend. Works under
+    ``torch.compile``, ``torch.export``, ``torch.jit.trace``,
     ONNX export and ``torch.func`` (see ``bnlab.norm.ops.library``).
 
     >>> x = torch.randn(8, 3, 4, 4)
@@ -98,4 +100,21 @@ def batch_norm(
     fn = dispatch.backend_for(backend, input, training)
     if input.numel() == 0:
         return empty_batch_norm(input, weight, bias)
+    if training and running_mean is not None and _shares_memory(input, running_mean, running_var):
+        input = input.clone()  # normalize the batch as given, not as the update leaves it
     return fn(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _shares_memory(input: Tensor, *buffers: Tensor | None) -> bool:
+    """Whether ``input`` lives in the storage of one of ``buffers`` (a view of them).
+
+    Eager plain tensors only: traced and transformed tensors (FakeTensor, functional
+    tensors, ``torch.func`` wrappers) have no data pointer to compare.
+    """
+    if type(input) is not Tensor or torch.compiler.is_compiling():
+        return False
+    try:
+        storage = input.untyped_storage().data_ptr()
+        return any(b is not None and b.untyped_storage().data_ptr() == storage for b in buffers)
+    except (RuntimeError, NotImplementedError):  # torch.func's wrappers hide their storage
+        return False
