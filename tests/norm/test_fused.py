@@ -217,6 +217,17 @@ def test_auto_rule_picks_fused_only_where_it_wins() -> None:
     assert dispatch.resolve_backend("auto", torch.empty(2, 3), True) == "native"
 
 
+def test_auto_rule_leaves_compiled_contiguous_training_to_inductor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    large = torch.empty(16, 64, 112, 112)  # torchvision ResNet's stem at batch 16
+    assert dispatch._auto_rule(large, True) == "fused"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch._auto_rule(large, True) == "native"
+    odd = torch.empty(64, 24, 56, 56).contiguous(memory_format=torch.channels_last)
+    assert dispatch._auto_rule(odd, True) == "fused"
+
+
 def test_auto_rule_takes_no_guard_on_a_dynamic_batch() -> None:
     # The rule must not branch on a symbolic size: torch.export with Dim("batch") at a size
     # where the kernel would engage, run at other batch sizes (one far below the limit).
