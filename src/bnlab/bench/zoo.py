@@ -9,6 +9,11 @@ so :func:`import_torchvision` registers ``torchvision`` as a bare package whose
 ``__path__`` is the installed folder and skips its ``__init__`` -- only when the plain
 import fails (a matching torchvision is imported as usual). torchvision and timm are
 optional (the ``zoo`` extra): they are imported inside the functions, never with bnlab.
+
+The judge (:func:`judge`) measures each tensor's relative error against a float64 run and
+allows 2x torch's own float32 error; :func:`decomposed_batch_norm` is torch's second way
+to compute batch norm, and :func:`record_kinks` / :func:`replay_kinks` let the float64
+run take a float32 run's ReLU, ReLU6 and max-pool branches.
 """
 
 from __future__ import annotations
