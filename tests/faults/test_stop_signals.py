@@ -111,9 +111,25 @@ def test_a_stopped_job_leaves_no_worker_and_no_held_lock(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_a_job_as_ctrl_c_does(signum: int) -> None:
-    before = signal.getsignal(signum)
-    with pytest.raises(Stopped) as stopped, stop_on_signals():
-        os.kill(os.getpid(), signum)
-        time.sleep(5)  # the handler raises in this thread at once
-    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.signum == signum
-    assert signal.getsignal(signum) is before  # restored
+    # Start from the default disposition: under nohup SIGHUP arrives ignored, and an
+    # ignored signal stays ignored (tested below).
+    inherited = signal.signal(signum, signal.SIG_DFL)
+    try:
+        with pytest.raises(Stopped) as stopped, stop_on_signals():
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises in this thread at once
+        assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.signum == signum
+        assert signal.getsignal(signum) is signal.SIG_DFL  # restored
+    finally:
+        signal.signal(signum, inherited)
+
+
+def test_an_ignored_hangup_stays_ignored() -> None:
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
