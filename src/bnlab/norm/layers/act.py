@@ -59,7 +59,12 @@ class ActAfter(nn.Module):
     drop: nn.Module
     act: nn.Module
 
-    def _set_tail(self, act: nn.Module | None, drop: nn.Module | None) -> None:
+    def __init__(
+        self, *args: Any, act: nn.Module | None = None, drop: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        """The batch-norm class's own arguments, plus keyword-only ``act`` (default
+        ``nn.ReLU()``) and ``drop`` (default ``nn.Identity()``)."""
+        super().__init__(*args, **kwargs)
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.ReLU()
 
@@ -94,25 +99,6 @@ class BatchNormAct2d(ActAfter, BatchNorm2d):
     >>> sorted(layer.state_dict())
     ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        act: nn.Module | None = None,
-        drop: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
-        )
-        self._set_tail(act, drop)
 
 
 @dataclass(frozen=True)

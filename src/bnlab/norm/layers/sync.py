@@ -355,34 +355,6 @@ class SyncBatchNormAct(ActAfter, SyncBatchNorm):
     torch.Size([4, 3, 2, 2])
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: dist.ProcessGroup | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        act: nn.Module | None = None,
-        drop: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            process_group,
-            device,
-            dtype,
-            **kwargs,
-        )
-        self._set_tail(act, drop)
-
 
 def convert_sync_batchnorm(
     module: nn.Module, process_group: dist.ProcessGroup | None = None
