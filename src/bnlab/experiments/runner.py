@@ -515,7 +515,7 @@ def _train_one(
         _record_failure(started.run, exc, is_main)
         raise
     wall = time.perf_counter() - started.t0
-    # Where this session's time went; "other": set-up and the measurements after training.
+    # Where this start's time went; "other": set-up and the measurements after training.
     return _finish(
         spec,
         started,

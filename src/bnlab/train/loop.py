@@ -99,8 +99,8 @@ class FitResult:
     Attributes:
         steps: optimizer steps completed in the phase (its full length on success).
         elapsed_s: training wall time of the phase over all sessions (hooks included).
-        resumed_from: the checkpoint step this session started from, or ``None``.
-        trained_steps: steps run in this session (0 when the phase was already finished).
+        resumed_from: the checkpoint step this start resumed from, or ``None``.
+        trained_steps: steps run since this start (0 when the phase was already finished).
     """
 
     steps: int

@@ -41,7 +41,7 @@ class MetricsLog:
         path: the file to append to; ``None`` keeps records in memory only (library use).
 
     Records are kept in :attr:`records` as well, so callers can read what was logged in this
-    session without re-reading the file.
+    run since it started or resumed, without re-reading the file.
 
     >>> log = MetricsLog(None)
     >>> log.append({"phase": "train", "tag": "validation", "step": 1, "accuracy": 0.5})

@@ -3,7 +3,7 @@
 torch's base owns the parameters, the population-statistics buffers, ``state_dict`` and
 the train/eval switch; bnlab's ``forward`` routes the math through ``functional`` (and so
 the fused kernels) and adds the safe-statistics policies. Subclasses differ only in
-``_check_input_dim``; variants (sync, renorm, ghost, BN+ReLU) override ``_batch_norm``.
+``_check_input_dim``; variants (sync, renorm, ghost) override ``_batch_norm``.
 """
 
 from __future__ import annotations
